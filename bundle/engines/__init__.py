@@ -1,0 +1,6 @@
+"""Training engines: the bi-level trainer and its hypergradient variants."""
+
+from bundle.engines.bilevel import BiLevelEvents, BiLevelTrainer, loss_items
+from bundle.engines.hypergradient import FirstOrderHypergradient, build_hypergradient
+
+__all__ = ["BiLevelEvents", "BiLevelTrainer", "FirstOrderHypergradient", "build_hypergradient", "loss_items"]

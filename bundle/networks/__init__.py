@@ -1,0 +1,7 @@
+"""BLO-SAM network: SAM-family backbones, LoRA, the semantic mask decoder and the embedding cache."""
+
+from bundle.networks.backbones import BACKBONES, build_backbone, default_input_size
+from bundle.networks.blo_sam import BLOSAM
+from bundle.networks.embedding_cache import EmbeddingCache
+
+__all__ = ["BACKBONES", "BLOSAM", "EmbeddingCache", "build_backbone", "default_input_size"]

@@ -1,0 +1,181 @@
+"""The bi-level trainer: one lower-level step on D1, then one upper-level step on the next D2 batch.
+
+Built like MONAI's ``SupervisedTrainer`` / ``AdversarialTrainer``: ``_iteration`` does the two
+steps and fires MONAI's ``IterationEvents`` (so StatsHandler, TensorBoard, CheckpointSaver,
+ValidationHandler and LrScheduleHandler work unchanged) plus :class:`BiLevelEvents`. Everything
+else (logging, validation, checkpoints, schedules) is a handler in the config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import torch
+from ignite.engine import EventEnum
+from monai.engines import Trainer
+from monai.engines.utils import IterationEvents, default_prepare_batch
+from monai.inferers import Inferer, SimpleInferer
+from monai.transforms import Transform
+from monai.utils import CommonKeys as Keys
+from torch.optim import Optimizer
+
+from bundle.engines.hypergradient import FirstOrderHypergradient
+
+
+class BiLevelEvents(EventEnum):
+    """Fired after each level's parameter update."""
+
+    LOWER_COMPLETED = "lower_completed"
+    UPPER_COMPLETED = "upper_completed"
+
+
+class BiLevelTrainer(Trainer):
+    """Alternating lower (W on D1) and upper (phi on D2) updates of a network with
+    ``lower_parameters()`` and ``upper_parameters()``.
+
+    One engine iteration = one lower step on the D1 batch Ignite hands over + one upper step on
+    the next batch of D2, drawn from its own iterator that cycles over D2 (so every D2 sample is
+    seen once per pass and consecutive upper steps see different batches).
+
+    Args:
+        device: torch device.
+        max_epochs: number of epochs; with ``epoch_length=1`` an epoch is one iteration.
+        lower_data_loader: D1 batches (Ignite's iteration data).
+        upper_data_loader: D2 batches.
+        network: the BLO-SAM model.
+        lower_optimizer: optimiser over ``network.lower_parameters()``.
+        upper_optimizer: optimiser over ``network.upper_parameters()``.
+        loss_function: ``loss(pred, label)``, e.g. ``DiceCELoss``.
+        hypergradient: computes the upper gradient (default: first order).
+        amp: mixed precision (float16 + GradScaler on CUDA, bfloat16 on CPU).
+        Other arguments as in :class:`monai.engines.SupervisedTrainer`.
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        max_epochs: int,
+        lower_data_loader: Iterable,
+        upper_data_loader: Iterable,
+        network: torch.nn.Module,
+        lower_optimizer: Optimizer,
+        upper_optimizer: Optimizer,
+        loss_function: Callable,
+        hypergradient: Callable | None = None,
+        epoch_length: int | None = 1,
+        non_blocking: bool = False,
+        prepare_batch: Callable = default_prepare_batch,
+        inferer: Inferer | None = None,
+        postprocessing: Transform | None = None,
+        key_train_metric: dict | None = None,
+        additional_metrics: dict | None = None,
+        train_handlers: Sequence | None = None,
+        amp: bool = False,
+        decollate: bool = False,
+    ) -> None:
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            data_loader=lower_data_loader,
+            epoch_length=epoch_length,
+            non_blocking=non_blocking,
+            prepare_batch=prepare_batch,
+            postprocessing=postprocessing,
+            key_metric=key_train_metric,
+            additional_metrics=additional_metrics,
+            handlers=train_handlers,
+            amp=amp,
+            event_names=[BiLevelEvents],
+            decollate=decollate,
+        )
+        self.network = network
+        self.lower_optimizer = lower_optimizer
+        self.upper_optimizer = upper_optimizer
+        self.loss_function = loss_function
+        self.hypergradient = FirstOrderHypergradient() if hypergradient is None else hypergradient
+        self.inferer = SimpleInferer() if inferer is None else inferer
+        self.upper_data_loader = upper_data_loader
+        self._upper_iter: Iterator | None = None
+        self.scaler: torch.amp.GradScaler | None = None
+
+    def run(self) -> None:  # type: ignore[override]
+        dev = torch.device(self.state.device)
+        # a loss scaler only matters for float16 on CUDA; CPU autocast uses bfloat16
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp and dev.type == "cuda" else None
+        super(Trainer, self).run()
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The autocast context of this trainer (a no-op unless ``amp``)."""
+        dev = torch.device(self.state.device)
+        if not self.amp:
+            return contextlib.nullcontext()
+        dtype = torch.float16 if dev.type == "cuda" else torch.bfloat16
+        return torch.autocast(dev.type, dtype=dtype)
+
+    def next_upper_batch(self) -> Any:
+        """The next D2 batch; a finished pass over D2 starts a new (reshuffled) one."""
+        if self._upper_iter is None:
+            self._upper_iter = iter(self.upper_data_loader)
+        try:
+            return next(self._upper_iter)
+        except StopIteration:
+            self._upper_iter = iter(self.upper_data_loader)
+            return next(self._upper_iter)
+
+    def _prepare(self, batchdata: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self.prepare_batch(batchdata, self.state.device, self.non_blocking)
+        return batch[0], batch[1]
+
+    def _step(self, optimizer: Optimizer) -> None:
+        if self.scaler is not None:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
+
+    def _iteration(self, engine: BiLevelTrainer, batchdata: Any) -> dict:
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        inputs, targets = engine._prepare(batchdata)
+        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
+        engine.network.train()
+        engine.lower_optimizer.zero_grad(set_to_none=True)
+        engine.upper_optimizer.zero_grad(set_to_none=True)
+
+        # lower level: W <- W - lr * grad_W L1(W, phi) on the D1 batch
+        with engine.autocast():
+            engine.state.output[Keys.PRED] = engine.inferer(inputs, engine.network)
+            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+            loss = engine.loss_function(engine.state.output[Keys.PRED], targets).mean()
+            engine.state.output[Keys.LOSS] = loss
+            engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        (engine.scaler.scale(loss) if engine.scaler is not None else loss).backward()
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        engine._step(engine.lower_optimizer)
+        engine.fire_event(BiLevelEvents.LOWER_COMPLETED)
+
+        # upper level: phi <- phi - lr * hypergradient on the next D2 batch
+        engine.lower_optimizer.zero_grad(set_to_none=True)
+        engine.upper_optimizer.zero_grad(set_to_none=True)
+        upper_inputs, upper_targets = engine._prepare(engine.next_upper_batch())
+        upper = engine.hypergradient(engine, upper_inputs, upper_targets)
+        engine._step(engine.upper_optimizer)
+        engine.fire_event(BiLevelEvents.UPPER_COMPLETED)
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+
+        engine.state.output.update(
+            {
+                Keys.LOSS: loss.detach(),
+                "lower_loss": loss.item(),
+                "upper_loss": upper.loss.item(),
+                "hypergrad_norm": upper.grad_norm,
+            }
+        )
+        return engine.state.output
+
+
+def loss_items(output: dict) -> dict[str, float]:
+    """Both levels' losses from a trainer output, for StatsHandler / TensorBoard ``output_transform``."""
+    return {"lower_loss": output["lower_loss"], "upper_loss": output["upper_loss"]}

@@ -1,0 +1,163 @@
+"""BLO-SAM: a prompt-free SAM for semantic segmentation, adapted by bi-level optimisation.
+
+- image encoder: frozen (and always in eval mode: LiteMedSAM's TinyViT has BatchNorm);
+- mask decoder: frozen SAM weights + LoRA on q/v of every attention (both two-way blocks and the
+  final token-to-image attention), trainable output upscaling and the hypernetwork heads in use:
+  the lower-level parameters W;
+- a learnable dense prompt embedding initialised from the prompt encoder's ``no_mask_embed``:
+  the upper-level parameters phi;
+- output: ``num_classes + 1`` logits (background first) at the model input size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bundle.networks.backbones import Backbone, build_backbone, sam_state_dict, state_digest
+from bundle.networks.embedding_cache import EmbeddingCache
+from bundle.networks.lora import apply_lora, lora_modules
+
+
+class BLOSAM(nn.Module):
+    """BLO-SAM network: ``forward(image B x 3 x S x S) -> logits B x (C+1) x S x S``.
+
+    Args:
+        backbone: registry name (``litemedsam``, ``vit_b``, ``vit_l``, ``vit_h``, ``sam_tiny``) or built parts.
+        num_classes: foreground classes C.
+        checkpoint: released backbone weights (``None``: the backbone's default).
+        input_size: model input side (``None``: the backbone's native size).
+        lora_rank: rank of the LoRA updates; ``lora_alpha`` their scaling numerator.
+        pretrained: ``False`` builds random weights, to be replaced by a trained ``model.pt``.
+        embedding_cache: cache of encoder outputs (``None``: encode every call).
+    """
+
+    def __init__(
+        self,
+        backbone: str | Backbone = "litemedsam",
+        num_classes: int = 1,
+        checkpoint: str | None = None,
+        input_size: int | None = None,
+        lora_rank: int = 4,
+        lora_alpha: float | None = None,
+        pretrained: bool = True,
+        embedding_cache: EmbeddingCache | None = None,
+    ) -> None:
+        super().__init__()
+        parts = backbone if isinstance(backbone, Backbone) else build_backbone(
+            backbone, checkpoint, input_size, pretrained=pretrained
+        )
+        self.backbone_name = parts.name
+        self.input_size = parts.input_size
+        self.num_classes = int(num_classes)
+        self.image_encoder = parts.image_encoder
+        self.prompt_encoder = parts.prompt_encoder
+        self.mask_decoder = parts.mask_decoder
+        self.mask_decoder.set_num_outputs(self.num_classes + 1)
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.lora_layers = apply_lora(self.mask_decoder.transformer, rank=lora_rank, alpha=lora_alpha)
+        # 1 x C, broadcast to the dense prompt B x C x h x w (SAM's "no mask" embedding, made learnable)
+        self.prompt_embedding = nn.Parameter(self.prompt_encoder.no_mask_embed.weight.detach().clone())
+        for p in self.lower_parameters():
+            p.requires_grad_(True)
+        self.prompt_embedding.requires_grad_(True)
+        self.embedding_cache = embedding_cache
+        self._encoder_id: str | None = None
+        self.image_encoder.eval()
+
+    # ---- parameter groups -------------------------------------------------------------------
+    def lower_parameters(self) -> list[nn.Parameter]:
+        """W: LoRA factors, output upscaling and the hypernetwork heads in use."""
+        params = [p for m in lora_modules(self.mask_decoder) for p in (m.lora_a.weight, m.lora_b.weight)]
+        params += list(self.mask_decoder.output_upscaling.parameters())
+        params += list(self.mask_decoder.used_heads().parameters())
+        return params
+
+    def upper_parameters(self) -> list[nn.Parameter]:
+        """phi: the learnable prompt embedding."""
+        return [self.prompt_embedding]
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameter counts: total, lower (W), upper (phi), trainable and frozen."""
+        total = sum(p.numel() for p in self.parameters())
+        lower = sum(p.numel() for p in self.lower_parameters())
+        upper = sum(p.numel() for p in self.upper_parameters())
+        return {"total": total, "lower": lower, "upper": upper, "trainable": lower + upper,
+                "frozen": total - lower - upper}
+
+    # ---- modes --------------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> BLOSAM:
+        super().train(mode)
+        self.image_encoder.eval()  # frozen BatchNorm statistics must never move
+        return self
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self._encoder_id = None  # new encoder weights invalidate cached embeddings
+        super()._load_from_state_dict(*args, **kwargs)
+
+    # ---- forward ------------------------------------------------------------------------------
+    @property
+    def encoder_id(self) -> str:
+        """Identifies the encoder's weights and input size in embedding-cache keys."""
+        if self._encoder_id is None:
+            self._encoder_id = f"{self.backbone_name}-{self.input_size}-{state_digest(self.image_encoder)}"
+        return self._encoder_id
+
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> Tensor:
+        """Image embeddings B x 256 x h x w of preprocessed images B x 3 x S x S (cached if possible)."""
+        self.image_encoder.eval()
+        if self.embedding_cache is None or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return self.image_encoder(images)
+        keys = [self.embedding_cache.key(img, self.encoder_id) for img in images]
+        found = [self.embedding_cache.get(k) for k in keys]
+        missing = [i for i, f in enumerate(found) if f is None]
+        if missing:
+            computed = self.image_encoder(images[missing])
+            for i, emb in zip(missing, computed):
+                self.embedding_cache.put(keys[i], emb)
+                found[i] = emb
+        return torch.stack([f.to(images.device, images.dtype) for f in found])
+
+    def decode(self, embeddings: Tensor) -> Tensor:
+        """Logits B x (C+1) x S x S from image embeddings B x 256 x h x w, with the learnt prompt."""
+        batch = embeddings.shape[0]
+        sparse = embeddings.new_zeros((batch, 0, self.prompt_embedding.shape[1]))
+        dense = self.prompt_embedding.to(embeddings.dtype).reshape(1, -1, 1, 1)
+        logits = self.mask_decoder.predict_logits(
+            embeddings, self.prompt_encoder.get_dense_pe().to(embeddings.dtype), sparse, dense
+        )
+        if logits.shape[-1] != self.input_size:
+            logits = F.interpolate(logits, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
+        return logits
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Logits B x (C+1) x S x S for preprocessed images B x 3 x S x S; no prompt needed."""
+        if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (self.input_size,) * 2:
+            raise ValueError(
+                f"BLOSAM expects images B x 3 x {self.input_size} x {self.input_size}, got {tuple(images.shape)}."
+            )
+        return self.decode(self.encode(images))
+
+    # ---- export -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sam_state_dict(self) -> dict[str, Tensor]:
+        """Weights in SAM's release format: LoRA merged into q/v, the learnt prompt as ``no_mask_embed``.
+
+        Loading the result as the backbone checkpoint of a new BLOSAM reproduces this model's output.
+        Only valid while ``num_classes + 1`` fits SAM's 4 mask tokens (otherwise shapes differ).
+        """
+        state = {}
+        for name, value in sam_state_dict(
+            Backbone(self.backbone_name, self.image_encoder, self.prompt_encoder, self.mask_decoder, self.input_size, "")
+        ).items():
+            if ".lora_" in name:
+                continue
+            state[name.replace(".base.", ".")] = value.clone()
+        for name in self.lora_layers:
+            module = self.mask_decoder.transformer.get_submodule(name)
+            state[f"mask_decoder.transformer.{name}.weight"] = module.merged_weight().clone()
+        state["prompt_encoder.no_mask_embed.weight"] = self.prompt_embedding.detach().clone()
+        return state

@@ -1,0 +1,93 @@
+"""Cache of frozen image-encoder outputs, keyed by image content, encoder weights and input size.
+
+The encoder is frozen, so an image embedding is a pure function of (preprocessed image, encoder
+weights). Computing it once turns a few-shot run from hours of encoder forwards into minutes of
+decoder steps. The key hashes the preprocessed image tensor itself (so the input size, the
+normalisation and any augmentation are part of it) together with a digest of the encoder's weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+
+class EmbeddingCache:
+    """An LRU memory cache of embeddings, optionally backed by a folder of ``.pt`` files.
+
+    Args:
+        cache_dir: folder for the disk cache (created on first write); ``None`` keeps it in memory.
+        max_items: embeddings kept in memory (a 64x64x256 float32 embedding takes 4 MiB).
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike | None = None, max_items: int = 256) -> None:
+        self.cache_dir = Path(cache_dir) if cache_dir not in (None, "") else None
+        self.max_items = max_items
+        self._memory: OrderedDict[str, Tensor] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(image: Tensor, encoder_id: str) -> str:
+        """Content key of one preprocessed image (C x H x W) for one encoder."""
+        data = image.detach().to("cpu", torch.float32).contiguous()
+        h = hashlib.sha256(f"{encoder_id}|{tuple(data.shape)}".encode())
+        h.update(data.numpy().tobytes())
+        return h.hexdigest()
+
+    def get(self, key: str) -> Tensor | None:
+        """The cached embedding (on CPU), or ``None``."""
+        if key in self._memory:
+            self._memory.move_to_end(key)
+            self.hits += 1
+            return self._memory[key]
+        path = self._path(key)
+        if path is not None and path.is_file():
+            try:
+                value = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception:  # a damaged entry is recomputed, never trusted
+                path.unlink(missing_ok=True)
+            else:
+                self._remember(key, value)
+                self.hits += 1
+                return value
+        self.misses += 1
+        return None
+
+    def put(self, key: str, value: Tensor) -> None:
+        """Store one embedding (memory, and disk atomically: temp file then rename)."""
+        value = value.detach().to("cpu").contiguous()
+        self._remember(key, value)
+        path = self._path(key)
+        if path is None or path.is_file():
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save(value.clone(), tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def clear_memory(self) -> None:
+        self._memory.clear()
+
+    def __len__(self) -> int:
+        return len(self._memory)
+
+    def _remember(self, key: str, value: Tensor) -> None:
+        self._memory[key] = value
+        self._memory.move_to_end(key)
+        while len(self._memory) > self.max_items:
+            self._memory.popitem(last=False)
+
+    def _path(self, key: str) -> Path | None:
+        return None if self.cache_dir is None else self.cache_dir / key[:2] / f"{key}.pt"
