@@ -1,0 +1,22 @@
+"""Data lists, splits, readers and mask loading for BLO-SAM."""
+
+from bundle.data.fewshot import FewShotSplit, few_shot_split, paper_split
+from bundle.data.folder import folder_datalist
+from bundle.data.masks import LoadMaskd
+from bundle.data.presets import dental_datalist, jsrt_datalist, kvasir_datalist
+from bundle.data.readers import JsrtRawReader, image_readers, pil_converter, read_image
+
+__all__ = [
+    "FewShotSplit",
+    "JsrtRawReader",
+    "LoadMaskd",
+    "dental_datalist",
+    "few_shot_split",
+    "folder_datalist",
+    "image_readers",
+    "jsrt_datalist",
+    "kvasir_datalist",
+    "paper_split",
+    "pil_converter",
+    "read_image",
+]
