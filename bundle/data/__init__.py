@@ -2,6 +2,7 @@
 
 from bundle.data.fewshot import FewShotSplit, few_shot_split, paper_split
 from bundle.data.folder import folder_datalist
+from bundle.data.inputs import image_datalist
 from bundle.data.masks import LoadMaskd
 from bundle.data.presets import dental_datalist, jsrt_datalist, kvasir_datalist
 from bundle.data.readers import JsrtRawReader, image_readers, pil_converter, read_image
@@ -13,6 +14,7 @@ __all__ = [
     "dental_datalist",
     "few_shot_split",
     "folder_datalist",
+    "image_datalist",
     "image_readers",
     "jsrt_datalist",
     "kvasir_datalist",

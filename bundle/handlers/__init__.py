@@ -1,0 +1,7 @@
+"""Handlers used by the configs: overlay images and the end-of-training summary."""
+
+from bundle.handlers.overlay import OverlaySaver, overlay_image
+from bundle.handlers.progress import IterationProgressBar
+from bundle.handlers.summary import evaluation_summary, existing_checkpoint, training_summary
+
+__all__ = ["IterationProgressBar", "OverlaySaver", "evaluation_summary", "existing_checkpoint", "overlay_image", "training_summary"]

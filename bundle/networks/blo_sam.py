@@ -6,7 +6,8 @@
   the lower-level parameters W;
 - a learnable dense prompt embedding initialised from the prompt encoder's ``no_mask_embed``:
   the upper-level parameters phi;
-- output: ``num_classes + 1`` logits (background first) at the model input size.
+- output: ``num_classes + 1`` logits at the model input size: a constant 0 for background, then one
+  mask token per class (class 1 is SAM's single-mask token, so one class uses one head).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class BLOSAM(nn.Module):
         self.image_encoder = parts.image_encoder
         self.prompt_encoder = parts.prompt_encoder
         self.mask_decoder = parts.mask_decoder
-        self.mask_decoder.set_num_outputs(self.num_classes + 1)
+        self.mask_decoder.set_num_outputs(self.num_classes)
         for p in self.parameters():
             p.requires_grad_(False)
         self.lora_layers = apply_lora(self.mask_decoder.transformer, rank=lora_rank, alpha=lora_alpha)
@@ -126,9 +127,13 @@ class BLOSAM(nn.Module):
         batch = embeddings.shape[0]
         sparse = embeddings.new_zeros((batch, 0, self.prompt_embedding.shape[1]))
         dense = self.prompt_embedding.to(embeddings.dtype).reshape(1, -1, 1, 1)
-        logits = self.mask_decoder.predict_logits(
+        masks = self.mask_decoder.predict_logits(
             embeddings, self.prompt_encoder.get_dense_pe().to(embeddings.dtype), sparse, dense
-        )
+        )  # B x C x 4h x 4w
+        # Background is a constant 0 logit, so softmax over [0, m] is sigmoid(m) for one class and
+        # SAM's own mask semantics (logit > 0: object) carry over unchanged from the pretrained
+        # single-mask token; a learnt background head starts with an arbitrary, confident guess.
+        logits = torch.cat([masks.new_zeros((batch, 1, *masks.shape[-2:])), masks], dim=1)
         if logits.shape[-1] != self.input_size:
             logits = F.interpolate(logits, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
         return logits

@@ -4,8 +4,8 @@
    prompt (``repeat_interleave``), assuming one image and many prompts. BLO-SAM has one prompt per
    image, so a batch of B images would become B*B. Here the repeat only happens when the batch
    sizes differ.
-2. One output per class plus background: the first ``num_outputs`` mask tokens are used, and only
-   their hypernetwork heads run (the others would never receive a gradient, so they are neither
+2. One output per foreground class: the first ``num_outputs`` mask tokens are used (token 0 is
+   SAM's single-mask output), and only their hypernetwork heads run (the others would never receive a gradient, so they are neither
    trained nor counted). SAM has 4 mask tokens; more outputs are made by copying token/head 0.
 
 The parameters and their names are exactly those of the upstream class, so SAM checkpoints load

@@ -1,4 +1,4 @@
-"""Shared fixtures for the data tests."""
+"""Fixtures shared by the whole suite: the real data sets and small random BLO-SAM models."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
-REAL_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+REAL_DATA = ROOT / ".." / "shared" / "data"
 
 
 @pytest.fixture
@@ -24,3 +26,12 @@ def _quiet_monai_dicom_warning():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
         yield
+
+
+@pytest.fixture
+def tiny_net():
+    """A small random BLO-SAM: tiny ViT encoder, SAM's real prompt encoder and decoder shapes."""
+    from bundle.networks import BLOSAM
+
+    torch.manual_seed(0)
+    return BLOSAM("sam_tiny", num_classes=1)
