@@ -5,11 +5,12 @@ from bundle.data.folder import folder_datalist
 from bundle.data.inputs import image_datalist
 from bundle.data.masks import LoadMaskd
 from bundle.data.presets import dental_datalist, jsrt_datalist, kvasir_datalist
-from bundle.data.readers import JsrtRawReader, image_readers, pil_converter, read_image
+from bundle.data.readers import JsrtRawReader, LoadAnyImaged, image_readers, pil_converter, read_image
 
 __all__ = [
     "FewShotSplit",
     "JsrtRawReader",
+    "LoadAnyImaged",
     "LoadMaskd",
     "dental_datalist",
     "few_shot_split",

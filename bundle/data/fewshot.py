@@ -68,7 +68,12 @@ class FewShotSplit:
 
 
 def few_shot_split(
-    datalist: Sequence[dict], test_size: int, shots: int, seed: int, val_size: int = 0
+    datalist: Sequence[dict],
+    test_size: int,
+    shots: int,
+    seed: int,
+    val_size: int = 0,
+    test: Sequence[dict] | None = None,
 ) -> FewShotSplit:
     """Draw ``shots`` training items from the pool, split into D1 and D2, plus a validation set.
 
@@ -84,6 +89,8 @@ def few_shot_split(
         shots: number of training images k (>= 2: one per level at least).
         seed: random seed.
         val_size: number of validation items (0 for none).
+        test: a data set's own official test list (then ``test_size`` must be 0 and the whole
+            ``datalist`` is the training pool), e.g. the dental data set's test folder.
 
     Returns:
         The split; each subset sorted by id.
@@ -95,7 +102,15 @@ def few_shot_split(
         raise ValueError(f"shots={shots}: bi-level training needs at least one image per level (shots >= 2)")
     if val_size < 0:
         raise ValueError(f"val_size={val_size} must be >= 0")
-    pool, test = paper_split(datalist, test_size)
+    if test is not None:
+        if test_size:
+            raise ValueError(f"test_size={test_size} with an explicit test list: set test_size to 0")
+        test = _sorted_by_id(test)
+        overlap = {d["id"] for d in test} & {d["id"] for d in datalist}
+        if overlap:
+            raise ValueError(f"test list and training pool share ids: {sorted(overlap)[:5]}")
+    pool, own_test = paper_split(datalist, test_size)
+    test = own_test if test is None else test
     if shots + val_size > len(pool):
         raise ValueError(
             f"k larger than the pool: k={shots} shots + val_size={val_size} > pool size {len(pool)} "

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from monai.data import ImageReader, NibabelReader, PILReader, PydicomReader
 from monai.data.meta_tensor import MetaTensor
-from monai.transforms import LoadImage
+from monai.transforms import LoadImage, LoadImaged
 from monai.utils import ensure_tuple, optional_import
 from PIL import Image
 
@@ -239,3 +239,26 @@ def read_image(filename: os.PathLike | str, dtype: Any = None) -> MetaTensor:
     if not isinstance(image, MetaTensor):  # set_track_meta(False) gives plain tensors
         image = MetaTensor(torch.as_tensor(image))
     return image
+
+
+class LoadAnyImaged(LoadImaged):
+    """MONAI's ``LoadImaged`` with this package's readers, chosen by file suffix.
+
+    Given a reader list, ``LoadImage`` tries every reader in turn and logs each failure; with no
+    list it picks by suffix among its defaults. Registering our readers on top of the defaults
+    keeps the suffix choice (``.IMG`` to :class:`JsrtRawReader`, PNG/JPEG/GIF/TIFF to PIL through
+    :func:`pil_converter`, NIfTI and DICOM to MONAI's own readers) without the noise.
+    """
+
+    def __init__(self, keys, **kwargs) -> None:
+        kwargs.pop("reader", None)
+        super().__init__(keys, reader=None, **kwargs)
+        for reader in (_PILReader(converter=pil_converter), JsrtRawReader()):
+            self.register(reader)
+
+    def __call__(self, data, reader=None):
+        try:
+            return super().__call__(data, reader)
+        except Exception as err:  # readers raise many types; the user needs the file name
+            files = ", ".join(str(data[k]) for k in self.key_iterator(dict(data)))
+            raise ValueError(f"cannot read image {files}: {type(err).__name__}: {err}") from err
