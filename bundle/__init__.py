@@ -3,7 +3,7 @@
 Configs reach everything as ``bundle.<module>.<name>`` after ``"$import bundle"``.
 """
 
-from bundle import data, engines, handlers, networks, transforms
+from bundle import data, engines, handlers, inferers, networks, transforms
 
-__all__ = ["data", "engines", "handlers", "networks", "transforms"]
+__all__ = ["data", "engines", "handlers", "inferers", "networks", "transforms"]
 __version__ = "0.1.0"

@@ -1,0 +1,73 @@
+"""Slice-by-slice inference of the 2D BLO-SAM model on 3D volumes.
+
+The network is trained on 2D images resized on their longest side and padded (``configs/train.json``).
+For a volume (CT, MR) each slice gets that same geometry here, inside the inferer, and its logits
+are mapped back (crop the padding, resize to the slice size) before stacking: the result lies on the
+volume's own grid, so no ``Invertd`` is needed and the saved NIfTI keeps the input's affine.
+MONAI's ``SliceInferer`` runs 2D networks on slices too, but by sliding a fixed window rather than
+resizing the slice, which is not how SAM-family models were trained.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from monai.data import MetaTensor
+from monai.inferers import Inferer
+from torch import Tensor
+
+
+def fit_longest_side(images: Tensor, size: int) -> tuple[Tensor, tuple[int, int]]:
+    """Resize N x C x H x W images so the longest side is ``size``, pad bottom/right to size x size.
+
+    Returns:
+        The padded batch and the resized (h, w) before padding.
+    """
+    height, width = images.shape[-2:]
+    scale = size / max(height, width)
+    h, w = max(1, round(height * scale)), max(1, round(width * scale))
+    resized = F.interpolate(images, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    return F.pad(resized, (0, size - w, 0, size - h)), (h, w)
+
+
+class SliceWiseInferer(Inferer):
+    """Run a 2D network on every slice of B x C x H x W x D volumes along the last axis.
+
+    Args:
+        input_size: the network's square input side.
+        slices_per_batch: slices sent to the network at once.
+        progress: show a progress bar over slices.
+    """
+
+    def __init__(self, input_size: int, slices_per_batch: int = 8, progress: bool = False) -> None:
+        super().__init__()
+        self.input_size = int(input_size)
+        self.slices_per_batch = slices_per_batch
+        self.progress = progress
+
+    def __call__(self, inputs: Tensor, network: Callable[..., Tensor], *args, **kwargs) -> Tensor:
+        if inputs.ndim != 5:
+            raise ValueError(f"SliceWiseInferer expects B x C x H x W x D volumes, got {tuple(inputs.shape)}.")
+        batch, channels, height, width, depth = inputs.shape
+        volume = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs  # slicing batched meta fails
+        slices = volume.permute(0, 4, 1, 2, 3).reshape(batch * depth, channels, height, width)
+        if channels == 1:  # SAM encoders take 3 channels
+            slices = slices.expand(-1, 3, -1, -1)
+        chunks = range(0, slices.shape[0], self.slices_per_batch)
+        if self.progress:
+            from tqdm import tqdm
+
+            chunks = tqdm(chunks, desc="slices", unit="batch")
+        outputs = []
+        for start in chunks:
+            x, (h, w) = fit_longest_side(slices[start : start + self.slices_per_batch], self.input_size)
+            logits = network(x, *args, **kwargs)[..., :h, :w]
+            outputs.append(F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False))
+        out = torch.cat(outputs)  # (B*D) x K x H x W
+        out = out.reshape(batch, depth, -1, height, width).permute(0, 2, 3, 4, 1)  # B x K x H x W x D
+        if isinstance(inputs, MetaTensor):  # the prediction lies on the input's grid: same meta
+            out = MetaTensor(out, meta=inputs.meta, applied_operations=inputs.applied_operations)
+            out.is_batch = inputs.is_batch
+        return out
