@@ -79,3 +79,43 @@ def test_shots_must_cover_both_levels() -> None:
 def test_k_larger_than_pool() -> None:
     with pytest.raises(ValueError, match=r"k larger than the pool.*k=4.*val_size=3.*pool size 5"):
         few_shot_split(_datalist(10), test_size=5, shots=4, seed=0, val_size=3)
+
+
+# ---- an explicit official test list (test=) ----------------------------------------------------------------
+
+
+def _named(ids: list[str]) -> list[dict]:
+    return [{"image": f"{i}.png", "label": f"m{i}.png", "id": i} for i in ids]
+
+
+def test_explicit_test_list_is_sorted_and_whole_datalist_is_pool() -> None:
+    data = _datalist(12)
+    random.Random(3).shuffle(data)
+    official = _named(["t3", "t1", "t2"])
+    split = few_shot_split(data, test_size=0, shots=4, seed=0, val_size=3, test=official)
+    assert _ids(split.test) == ["t1", "t2", "t3"]
+    assert _ids(split.pool) == [f"{i:04d}" for i in range(12)]
+    assert (len(split.lower), len(split.upper), len(split.val)) == (2, 2, 3)
+    chosen = set(_ids(split.lower + split.upper + split.val))
+    assert len(chosen) == 7 and chosen <= set(_ids(split.pool))
+    assert not chosen & set(_ids(split.test))
+    # same training draw as without a test list (test_size=0): the test list only adds the test set
+    plain = few_shot_split(data, test_size=0, shots=4, seed=0, val_size=3)
+    for name in ("lower", "upper", "val", "pool"):
+        assert getattr(plain, name) == getattr(split, name), name
+    assert plain.test == []
+
+
+def test_explicit_test_list_with_test_size_refused() -> None:
+    with pytest.raises(ValueError, match="test_size=2 with an explicit test list"):
+        few_shot_split(_datalist(12), test_size=2, shots=2, seed=0, test=_named(["t1"]))
+
+
+def test_explicit_test_list_overlapping_the_datalist_refused() -> None:
+    with pytest.raises(ValueError, match=r"share ids.*0003"):
+        few_shot_split(_datalist(12), test_size=0, shots=2, seed=0, test=_named(["0003", "t1"]))
+
+
+def test_explicit_test_list_duplicates_refused() -> None:
+    with pytest.raises(ValueError, match="duplicate"):
+        few_shot_split(_datalist(12), test_size=0, shots=2, seed=0, test=_named(["t1", "t1"]))

@@ -199,3 +199,69 @@ def test_real_jsrt_case_loads_on_one_grid(real_data: Path) -> None:
     assert torch.nonzero(left[0])[:, 0].float().mean() > width / 2
     # Lungs are darker than the rest of the radiograph (the PNG is not a negative).
     assert image[label > 0].mean() < image[label == 0].mean()
+
+
+# ---- data-set override configs merged after configs/train.json ------------------------------------------
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+SUBSETS = ("lower", "upper", "val", "test", "pool")
+
+
+def _merged_parser(dataset: str, **overrides):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "datasets" / f"{dataset}.json")])
+    parser.update({"bundle_root": str(CONFIGS.parent), **overrides})
+    return parser
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def test_dental_config_splits_train_folder_and_tests_on_test_folder(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    train_ids = [f"tr{i:02d}" for i in range(14)]  # the preset's shots 4 + val_size 10
+    test_ids = ["te0", "te1", "te2"]
+    for split, ids in (("train", train_ids), ("test", test_ids)):
+        for case in ids:
+            image = rng.integers(0, 256, (12, 16), dtype=np.uint8)
+            _write_png(tmp_path / split / "images" / f"{case}.png", image)
+            mask = np.zeros((12, 16), dtype=np.uint8)
+            mask[3:8, 4:10] = 255
+            _write_png(tmp_path / split / "masks" / f"{case}.png", mask)
+    parser = _merged_parser("dental", dataset_dir=str(tmp_path))
+    assert parser.get_parsed_content("class_names") == ["tooth"]
+    assert parser.get_parsed_content("num_classes") == 1
+    split = parser.get_parsed_content("split")
+    ids = {name: [i["id"] for i in getattr(split, name)] for name in SUBSETS}
+    assert ids["test"] == test_ids
+    assert ids["pool"] == train_ids
+    assert (len(ids["lower"]), len(ids["upper"]), len(ids["val"])) == (2, 2, 10)
+    chosen = ids["lower"] + ids["upper"] + ids["val"]
+    assert len(set(chosen)) == 14 and set(chosen) == set(train_ids)
+    assert all(Path(i["image"]).parent == tmp_path / "test" / "images" for i in split.test)
+    assert all(Path(i["label"]).parent == tmp_path / "train" / "masks" for i in split.lower + split.upper)
+    # a smaller validation set from the command line still draws from the train folder only
+    small = _merged_parser("dental", dataset_dir=str(tmp_path), val_size=3).get_parsed_content("split")
+    assert len(small.val) == 3 and {i["id"] for i in small.val} <= set(train_ids)
+    assert [i["id"] for i in small.test] == test_ids
+
+
+@pytest.mark.parametrize(
+    ("dataset", "preset", "class_names", "resample"),
+    [("kvasir", kvasir_datalist, ["polyp"], False), ("jsrt", jsrt_datalist, ["lung"], True)],
+)
+def test_dataset_configs_resolve_their_presets(dataset: str, preset, class_names, resample: bool) -> None:
+    root = SAMPLE_DATA / dataset
+    parser = _merged_parser(dataset, dataset_dir=str(root), test_size=6, val_size=4)
+    assert parser.get_parsed_content("datalist") == preset(root)
+    assert parser.get_parsed_content("class_names") == class_names
+    assert parser.get_parsed_content("mask_resample") is resample
+    split = parser.get_parsed_content("split")
+    shots = parser.get_parsed_content("shots")
+    assert len(split.test) == 6 and len(split.pool) == 10 and len(split.val) == 4
+    assert len(split.lower) + len(split.upper) == shots
+    assert [i["id"] for i in split.test] == [i["id"] for i in preset(root)[-6:]]

@@ -1,0 +1,127 @@
+"""Mixed precision in the bi-level trainer: bfloat16 autocast on CPU, float16 + GradScaler on CUDA."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from monai.data import DataLoader
+from monai.losses import DiceCELoss
+
+from bundle.engines import BiLevelTrainer
+
+needs_cuda = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)"
+)
+
+
+@pytest.fixture
+def one_thread():
+    """CPU bfloat16 on a tiny model is all threading overhead without AVX512-BF16: 1 thread is ~5x faster."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _items(ids: list[str]) -> list[dict]:
+    g = torch.Generator().manual_seed(len(ids))
+    out = []
+    for i, name in enumerate(ids):
+        label = torch.zeros(1, 256, 256)
+        label[:, 40 + 10 * i : 160, 60:200] = 1
+        out.append({"image": torch.randn(3, 256, 256, generator=g), "label": label, "id": name})
+    return out
+
+
+def _trainer(net, device="cpu", iterations=2, amp=True, lr=5e-3):
+    return BiLevelTrainer(
+        device=device,
+        max_epochs=iterations,
+        epoch_length=1,
+        lower_data_loader=DataLoader(_items(["a", "b"]), batch_size=1, shuffle=True),
+        upper_data_loader=DataLoader(_items(["c", "d"]), batch_size=1, shuffle=True),
+        network=net,
+        lower_optimizer=torch.optim.AdamW(net.lower_parameters(), lr=lr),
+        upper_optimizer=torch.optim.AdamW(net.upper_parameters(), lr=lr),
+        loss_function=DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=0.8, lambda_ce=0.2),
+        amp=amp,
+    )
+
+
+def _record_autocast(net, device_type: str) -> list[tuple[bool, torch.dtype]]:
+    """(autocast enabled, output dtype) of every call of the decoder's output upscaling."""
+    seen: list[tuple[bool, torch.dtype]] = []
+
+    def hook(module, args, output):
+        seen.append((torch.is_autocast_enabled(device_type), output.dtype))
+
+    net.mask_decoder.output_upscaling.register_forward_hook(hook)
+    return seen
+
+
+def _assert_finite_losses(trainer: BiLevelTrainer) -> None:
+    out = trainer.state.output
+    assert math.isfinite(out["lower_loss"]) and math.isfinite(out["upper_loss"]), out
+    assert math.isfinite(out["hypergrad_norm"]) and out["hypergrad_norm"] > 0
+
+
+def test_cpu_amp_runs_under_bfloat16_autocast_without_scaler(tiny_net, one_thread) -> None:
+    torch.manual_seed(0)
+    seen = _record_autocast(tiny_net, "cpu")
+    lower0 = [p.detach().clone() for p in tiny_net.lower_parameters()]
+    trainer = _trainer(tiny_net, amp=True)
+    trainer.run()
+    assert trainer.state.iteration == 2
+    assert trainer.scaler is None
+    _assert_finite_losses(trainer)
+    assert len(seen) == 4  # 2 iterations x (lower forward + upper forward)
+    assert all(enabled for enabled, _ in seen), seen
+    assert all(dtype == torch.bfloat16 for _, dtype in seen), seen
+    # the parameters stay float32 and finite, and the lower level did train
+    for p in list(tiny_net.lower_parameters()) + list(tiny_net.upper_parameters()):
+        assert p.dtype == torch.float32 and torch.isfinite(p).all()
+    assert any(not torch.equal(a, b) for a, b in zip(lower0, tiny_net.lower_parameters(), strict=True))
+
+
+def test_cpu_without_amp_runs_in_float32(tiny_net, one_thread) -> None:
+    seen = _record_autocast(tiny_net, "cpu")
+    trainer = _trainer(tiny_net, amp=False, iterations=1)
+    trainer.run()
+    assert trainer.scaler is None
+    assert seen and all(not enabled and dtype == torch.float32 for enabled, dtype in seen), seen
+    _assert_finite_losses(trainer)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_amp_uses_grad_scaler(tiny_net) -> None:
+    torch.manual_seed(0)
+    net = tiny_net.to("cuda")
+    seen = _record_autocast(net, "cuda")
+    trainer = _trainer(net, device="cuda", amp=True)
+    trainer.run()
+    assert trainer.state.iteration == 2
+    assert trainer.scaler is not None
+    assert seen and all(enabled and dtype == torch.float16 for enabled, dtype in seen), seen
+    _assert_finite_losses(trainer)
+    for p in list(net.lower_parameters()) + list(net.upper_parameters()):
+        assert p.dtype == torch.float32 and torch.isfinite(p).all()
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_forward_matches_cpu(tiny_net, monkeypatch) -> None:
+    # true float32 on the GPU: no TensorFloat-32 in matmuls or cuDNN convolutions
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    tiny_net.eval()
+    images = torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        cpu = tiny_net(images)
+        gpu_net = copy.deepcopy(tiny_net).to("cuda").eval()
+        gpu = gpu_net(images.to("cuda")).cpu()
+    assert gpu.dtype == torch.float32 and gpu.shape == cpu.shape
+    torch.testing.assert_close(gpu, cpu, atol=1e-3, rtol=1e-3)
