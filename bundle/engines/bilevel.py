@@ -9,6 +9,7 @@ else (logging, validation, checkpoints, schedules) is a handler in the config.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -22,6 +23,13 @@ from monai.utils import CommonKeys as Keys
 from torch.optim import Optimizer
 
 from bundle.engines.hypergradient import FirstOrderHypergradient
+
+
+class _DropEpochComplete(logging.Filter):
+    # Ignite logs "Epoch[n] Complete" at INFO; with one iteration per epoch that is one line per
+    # iteration, which buries the validation lines. StatsHandler and the progress bar report progress.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "] Complete. Time taken" not in record.getMessage()
 
 
 class BiLevelEvents(EventEnum):
@@ -99,6 +107,7 @@ class BiLevelTrainer(Trainer):
         self.upper_data_loader = upper_data_loader
         self._upper_iter: Iterator | None = None
         self.scaler: torch.amp.GradScaler | None = None
+        self.logger.addFilter(_DropEpochComplete())
 
     def run(self) -> None:  # type: ignore[override]
         dev = torch.device(self.state.device)
