@@ -49,9 +49,13 @@ class SliceWiseInferer(Inferer):
 
     def __call__(self, inputs: Tensor, network: Callable[..., Tensor], *args, **kwargs) -> Tensor:
         if inputs.ndim != 5:
-            raise ValueError(f"SliceWiseInferer expects B x C x H x W x D volumes, got {tuple(inputs.shape)}.")
+            raise ValueError(
+                f"SliceWiseInferer expects B x C x H x W x D volumes, got {tuple(inputs.shape)}."
+            )
         batch, channels, height, width, depth = inputs.shape
-        volume = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs  # slicing batched meta fails
+        volume = (
+            inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
+        )  # slicing batched meta fails
         slices = volume.permute(0, 4, 1, 2, 3).reshape(batch * depth, channels, height, width)
         if channels == 1:  # SAM encoders take 3 channels
             slices = slices.expand(-1, 3, -1, -1)

@@ -20,8 +20,9 @@ SAMPLE = ROOT / "bundle" / "sample_data"
 def bundle_run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     """``python -m monai.bundle run ...``; fails the test with the tail of the log."""
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, "-m", "monai.bundle", "run", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", *args], cwd=cwd, env=env, capture_output=True, text=True
+    )
     if proc.returncode != 0:
         pytest.fail(f"bundle run {args[:2]} failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
     return proc
@@ -74,10 +75,20 @@ def test_inference_writes_one_mask_per_input_at_its_size(trained, tmp_path):
     inputs.mkdir()
     for name in sorted(os.listdir(SAMPLE / "kvasir" / "images"))[:2]:
         shutil.copy(SAMPLE / "kvasir" / "images" / name, inputs / name)
-    shutil.copy(SAMPLE / "jsrt" / "images" / sorted(os.listdir(SAMPLE / "jsrt" / "images"))[0], inputs / "grey.png")
+    shutil.copy(
+        SAMPLE / "jsrt" / "images" / sorted(os.listdir(SAMPLE / "jsrt" / "images"))[0], inputs / "grey.png"
+    )
     out = tmp_path / "out"
-    bundle_run("--config_file", "configs/inference.json", "--input_dir", str(inputs), "--output_dir", str(out),
-               "--ckpt", str(trained["ckpt"] / "model.pt"))
+    bundle_run(
+        "--config_file",
+        "configs/inference.json",
+        "--input_dir",
+        str(inputs),
+        "--output_dir",
+        str(out),
+        "--ckpt",
+        str(trained["ckpt"] / "model.pt"),
+    )
     for src in sorted(inputs.iterdir()):
         mask_path = out / f"{src.name.split('.')[0]}.png"
         assert mask_path.is_file(), f"no mask for {src.name}: {sorted(os.listdir(out))}"

@@ -59,8 +59,10 @@ def test_volume_inference_writes_a_nifti_on_the_input_grid(tmp_path):
     nib.save(nib.Nifti1Image(data, affine), inputs / "case7.nii.gz")
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", "['configs/inference.json','configs/volumes.json']",
-         "--input_dir", str(inputs), "--output_dir", str(out), "--ckpt", str(tmp_path / "tiny.pt"), "--backbone", "sam_tiny"],
+        [sys.executable, "-m", "monai.bundle", "run",
+         "--config_file", "['configs/inference.json','configs/volumes.json']",
+         "--input_dir", str(inputs), "--output_dir", str(out),
+         "--ckpt", str(tmp_path / "tiny.pt"), "--backbone", "sam_tiny"],
         cwd=ROOT, env=dict(os.environ, PYTHONWARNINGS="ignore"), capture_output=True, text=True,
     )  # fmt: skip
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]

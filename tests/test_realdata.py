@@ -59,8 +59,10 @@ def test_jsrt_two_shot_beats_the_untrained_model(real_data, tmp_path):
     evaluator = _parser(EVALUATE, real_data, tmp_path).get_parsed_content("validate#evaluator")
     evaluator.run()
     trained_dice = evaluator.state.metrics["val_mean_dice"]
-    print(f"JSRT 2-shot, 120 iterations, {TEST_CASES} test cases: Dice {trained_dice:.4f} "
-          f"(untrained {untrained_dice:.4f})")
+    print(
+        f"JSRT 2-shot, 120 iterations, {TEST_CASES} test cases: Dice {trained_dice:.4f} "
+        f"(untrained {untrained_dice:.4f})"
+    )
     assert untrained_dice < 0.3
     assert trained_dice > 0.75
     assert len(list((tmp_path / "eval" / "overlays").glob("*.png"))) == 6

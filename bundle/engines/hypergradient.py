@@ -37,7 +37,7 @@ class FirstOrderHypergradient:
             loss = engine.loss_function(pred, targets).mean()
         scaled = engine.scaler.scale(loss) if engine.scaler is not None else loss
         grads = torch.autograd.grad(scaled, params)
-        for p, g in zip(params, grads):
+        for p, g in zip(params, grads, strict=True):
             p.grad = g.detach()
         norm = float(torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads])))
         if engine.scaler is not None:

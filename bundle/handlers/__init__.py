@@ -4,4 +4,11 @@ from bundle.handlers.overlay import OverlaySaver, overlay_image
 from bundle.handlers.progress import IterationProgressBar
 from bundle.handlers.summary import evaluation_summary, existing_checkpoint, training_summary
 
-__all__ = ["IterationProgressBar", "OverlaySaver", "evaluation_summary", "existing_checkpoint", "overlay_image", "training_summary"]
+__all__ = [
+    "IterationProgressBar",
+    "OverlaySaver",
+    "evaluation_summary",
+    "existing_checkpoint",
+    "overlay_image",
+    "training_summary",
+]

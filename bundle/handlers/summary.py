@@ -11,7 +11,7 @@ def training_summary(evaluator: Evaluator, ckpt_dir: str) -> str:
     """Best validation Dice, the iteration it was reached at, and where the model was saved."""
     state = evaluator.state
     if state.best_metric_epoch < 0:
-        return "training finished without validation (val_size 0 or val_interval > iterations): no model selected"
+        return "training finished without validation (val_size 0 or val_interval > iterations): no model saved"
     path = os.path.join(ckpt_dir, "model.pt")
     return (
         f"best validation Dice {state.best_metric:.4f} at iteration {state.best_metric_epoch} "
@@ -33,7 +33,9 @@ def existing_checkpoint(path: str) -> str:
 def evaluation_summary(evaluator: Evaluator, output_dir: str) -> str:
     """Mean Dice of an evaluation run and where its per-case table was written."""
     name = evaluator.state.key_metric_name
-    cases = len(evaluator.state.metric_details.get(name, [])) if hasattr(evaluator.state, "metric_details") else 0
+    cases = (
+        len(evaluator.state.metric_details.get(name, [])) if hasattr(evaluator.state, "metric_details") else 0
+    )
     return (
         f"{name}: {evaluator.state.metrics[name]:.4f} over {cases or 'all'} cases at original resolution; "
         f"per-case values in {os.path.join(output_dir, name + '_raw.csv')}, summary in "

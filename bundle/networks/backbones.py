@@ -113,9 +113,15 @@ _SAM_HOWTO = (
 )
 
 BACKBONES: dict[str, BackboneSpec] = {
-    "vit_b": BackboneSpec(_vit_encoder(768, 12, 12, (2, 5, 8, 11)), 1024, 16, "sam", lambda: None, _SAM_HOWTO),
-    "vit_l": BackboneSpec(_vit_encoder(1024, 24, 16, (5, 11, 17, 23)), 1024, 16, "sam", lambda: None, _SAM_HOWTO),
-    "vit_h": BackboneSpec(_vit_encoder(1280, 32, 16, (7, 15, 23, 31)), 1024, 16, "sam", lambda: None, _SAM_HOWTO),
+    "vit_b": BackboneSpec(
+        _vit_encoder(768, 12, 12, (2, 5, 8, 11)), 1024, 16, "sam", lambda: None, _SAM_HOWTO
+    ),
+    "vit_l": BackboneSpec(
+        _vit_encoder(1024, 24, 16, (5, 11, 17, 23)), 1024, 16, "sam", lambda: None, _SAM_HOWTO
+    ),
+    "vit_h": BackboneSpec(
+        _vit_encoder(1280, 32, 16, (7, 15, 23, 31)), 1024, 16, "sam", lambda: None, _SAM_HOWTO
+    ),
     "litemedsam": BackboneSpec(
         _tinyvit_encoder,
         256,
@@ -158,7 +164,10 @@ def build_sam_parts(name: str, input_size: int | None = None) -> Backbone:
         iou_head_hidden_dim=256,
     )
     prompt_encoder = PromptEncoder(
-        embed_dim=PROMPT_DIM, image_embedding_size=(grid, grid), input_image_size=(size, size), mask_in_chans=16
+        embed_dim=PROMPT_DIM,
+        image_embedding_size=(grid, grid),
+        input_image_size=(size, size),
+        mask_in_chans=16,
     )
     return Backbone(name, spec.build_encoder(size), prompt_encoder, decoder, size, spec.normalization)
 
@@ -188,7 +197,9 @@ def _resize_positional(state: dict[str, torch.Tensor], expected: dict[str, torch
     pos = state.get("image_encoder.pos_embed")
     target = expected.get("image_encoder.pos_embed")
     if pos is not None and target is not None and pos.shape != target.shape:
-        pos = F.interpolate(pos.permute(0, 3, 1, 2), size=target.shape[1:3], mode="bicubic", align_corners=False)
+        pos = F.interpolate(
+            pos.permute(0, 3, 1, 2), size=target.shape[1:3], mode="bicubic", align_corners=False
+        )
         state["image_encoder.pos_embed"] = pos.permute(0, 2, 3, 1)
     for key in [k for k in state if k.endswith(("attn.rel_pos_h", "attn.rel_pos_w"))]:
         if key in expected and state[key].shape != expected[key].shape:
@@ -196,8 +207,12 @@ def _resize_positional(state: dict[str, torch.Tensor], expected: dict[str, torch
             state[key] = F.interpolate(state[key].T[None], size=rows, mode="linear")[0].T
 
 
-def build_backbone(name: str, checkpoint: str | os.PathLike | None = None, input_size: int | None = None,
-                   pretrained: bool = True) -> Backbone:
+def build_backbone(
+    name: str,
+    checkpoint: str | os.PathLike | None = None,
+    input_size: int | None = None,
+    pretrained: bool = True,
+) -> Backbone:
     """Build backbone ``name`` and load its released checkpoint (``strict=True``).
 
     Args:
@@ -220,7 +235,11 @@ def build_backbone(name: str, checkpoint: str | os.PathLike | None = None, input
         raise FileNotFoundError(f"Checkpoint {path} for backbone {name!r} does not exist. {spec.how_to_get}")
     state = load_checkpoint(path)
     model = nn.ModuleDict(
-        {"image_encoder": parts.image_encoder, "prompt_encoder": parts.prompt_encoder, "mask_decoder": parts.mask_decoder}
+        {
+            "image_encoder": parts.image_encoder,
+            "prompt_encoder": parts.prompt_encoder,
+            "mask_decoder": parts.mask_decoder,
+        }
     )
     # SAM's release stores its pixel normalisation as buffers; ours lives in the transforms.
     state = {k: v for k, v in state.items() if not k.startswith(("pixel_mean", "pixel_std"))}
@@ -234,7 +253,8 @@ def build_backbone(name: str, checkpoint: str | os.PathLike | None = None, input
         raise ValueError(
             f"Checkpoint {path} does not match backbone {name!r}: {len(missing)} missing keys "
             f"{missing[:3]}, {len(unexpected)} unexpected keys {unexpected[:3]}, {len(mismatched)} shape "
-            f"mismatches {mismatched[:3]}. Is it a checkpoint of another backbone (vit_b/vit_l/vit_h/litemedsam)?"
+            f"mismatches {mismatched[:3]}. "
+            "Is it a checkpoint of another backbone (vit_b/vit_l/vit_h/litemedsam)?"
         )
     model.load_state_dict(state, strict=True)
     return parts

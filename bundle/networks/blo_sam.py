@@ -25,7 +25,8 @@ class BLOSAM(nn.Module):
     """BLO-SAM network: ``forward(image B x 3 x S x S) -> logits B x (C+1) x S x S``.
 
     Args:
-        backbone: registry name (``litemedsam``, ``vit_b``, ``vit_l``, ``vit_h``, ``sam_tiny``) or built parts.
+        backbone: registry name (``litemedsam``, ``vit_b``, ``vit_l``, ``vit_h``, ``sam_tiny``)
+            or built parts.
         num_classes: foreground classes C.
         checkpoint: released backbone weights (``None``: the backbone's default).
         input_size: model input side (``None``: the backbone's native size).
@@ -46,8 +47,10 @@ class BLOSAM(nn.Module):
         embedding_cache: EmbeddingCache | None = None,
     ) -> None:
         super().__init__()
-        parts = backbone if isinstance(backbone, Backbone) else build_backbone(
-            backbone, checkpoint, input_size, pretrained=pretrained
+        parts = (
+            backbone
+            if isinstance(backbone, Backbone)
+            else build_backbone(backbone, checkpoint, input_size, pretrained=pretrained)
         )
         self.backbone_name = parts.name
         self.input_size = parts.input_size
@@ -85,8 +88,13 @@ class BLOSAM(nn.Module):
         total = sum(p.numel() for p in self.parameters())
         lower = sum(p.numel() for p in self.lower_parameters())
         upper = sum(p.numel() for p in self.upper_parameters())
-        return {"total": total, "lower": lower, "upper": upper, "trainable": lower + upper,
-                "frozen": total - lower - upper}
+        return {
+            "total": total,
+            "lower": lower,
+            "upper": upper,
+            "trainable": lower + upper,
+            "frozen": total - lower - upper,
+        }
 
     # ---- modes --------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> BLOSAM:
@@ -117,7 +125,7 @@ class BLOSAM(nn.Module):
         missing = [i for i, f in enumerate(found) if f is None]
         if missing:
             computed = self.image_encoder(images[missing])
-            for i, emb in zip(missing, computed):
+            for i, emb in zip(missing, computed, strict=True):
                 self.embedding_cache.put(keys[i], emb)
                 found[i] = emb
         return torch.stack([f.to(images.device, images.dtype) for f in found])
@@ -135,14 +143,17 @@ class BLOSAM(nn.Module):
         # single-mask token; a learnt background head starts with an arbitrary, confident guess.
         logits = torch.cat([masks.new_zeros((batch, 1, *masks.shape[-2:])), masks], dim=1)
         if logits.shape[-1] != self.input_size:
-            logits = F.interpolate(logits, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
+            logits = F.interpolate(
+                logits, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False
+            )
         return logits
 
     def forward(self, images: Tensor) -> Tensor:
         """Logits B x (C+1) x S x S for preprocessed images B x 3 x S x S; no prompt needed."""
         if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (self.input_size,) * 2:
             raise ValueError(
-                f"BLOSAM expects images B x 3 x {self.input_size} x {self.input_size}, got {tuple(images.shape)}."
+                f"BLOSAM expects images B x 3 x {self.input_size} x {self.input_size}, "
+                f"got {tuple(images.shape)}."
             )
         return self.decode(self.encode(images))
 
@@ -156,7 +167,14 @@ class BLOSAM(nn.Module):
         """
         state = {}
         for name, value in sam_state_dict(
-            Backbone(self.backbone_name, self.image_encoder, self.prompt_encoder, self.mask_decoder, self.input_size, "")
+            Backbone(
+                self.backbone_name,
+                self.image_encoder,
+                self.prompt_encoder,
+                self.mask_decoder,
+                self.input_size,
+                "",
+            )
         ).items():
             if ".lora_" in name:
                 continue

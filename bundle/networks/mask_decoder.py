@@ -5,8 +5,9 @@
    image, so a batch of B images would become B*B. Here the repeat only happens when the batch
    sizes differ.
 2. One output per foreground class: the first ``num_outputs`` mask tokens are used (token 0 is
-   SAM's single-mask output), and only their hypernetwork heads run (the others would never receive a gradient, so they are neither
-   trained nor counted). SAM has 4 mask tokens; more outputs are made by copying token/head 0.
+   SAM's single-mask output), and only their hypernetwork heads run (the others would never
+   receive a gradient, so they are neither trained nor counted). SAM has 4 mask tokens; more
+   outputs are made by copying token/head 0.
 
 The parameters and their names are exactly those of the upstream class, so SAM checkpoints load
 with ``strict=True``.
@@ -70,6 +71,8 @@ class SemanticMaskDecoder(MaskDecoder):
         hs, src = self.transformer(src, pos_src, tokens)  # hs: B x N_tokens x C, src: B x hw x C
         mask_tokens_out = hs[:, 1 : 1 + self.num_outputs, :]
         upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))  # B x C/8 x 4h x 4w
-        hyper_in = torch.stack([head(mask_tokens_out[:, i, :]) for i, head in enumerate(self.used_heads())], 1)
+        hyper_in = torch.stack(
+            [head(mask_tokens_out[:, i, :]) for i, head in enumerate(self.used_heads())], 1
+        )
         b, c, h, w = upscaled.shape
         return (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)

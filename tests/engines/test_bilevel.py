@@ -44,7 +44,7 @@ def _snapshot(params):
 
 
 def _changed(before, params):
-    return [not torch.equal(b, p) for b, p in zip(before, params)]
+    return [not torch.equal(b, p) for b, p in zip(before, params, strict=True)]
 
 
 def test_lower_step_moves_only_w_and_upper_step_only_phi(tiny_net):
@@ -92,15 +92,20 @@ def test_upper_level_sees_every_d2_sample_once_per_pass_and_a_new_batch_each_ste
     flat = [i for b in seen for i in b]
     assert sorted(flat[:4]) == d2 and len(set(flat[:4])) == 4  # first pass: every sample once
     assert len(flat) == 6
-    assert all(a != b for a, b in zip(flat, flat[1:4])), "consecutive upper steps reused a batch"
+    assert all(a != b for a, b in zip(flat[:3], flat[1:4], strict=True)), "consecutive upper steps reused a batch"
 
 
 def test_standard_monai_events_and_outputs(tiny_net):
     trainer = _trainer(tiny_net, ["a"], ["b"], iterations=2)
     fired = []
-    for event in (IterationEvents.FORWARD_COMPLETED, IterationEvents.LOSS_COMPLETED,
-                  IterationEvents.BACKWARD_COMPLETED, IterationEvents.MODEL_COMPLETED,
-                  BiLevelEvents.LOWER_COMPLETED, BiLevelEvents.UPPER_COMPLETED):
+    for event in (
+        IterationEvents.FORWARD_COMPLETED,
+        IterationEvents.LOSS_COMPLETED,
+        IterationEvents.BACKWARD_COMPLETED,
+        IterationEvents.MODEL_COMPLETED,
+        BiLevelEvents.LOWER_COMPLETED,
+        BiLevelEvents.UPPER_COMPLETED,
+    ):
         trainer.add_event_handler(event, lambda e, ev=event: fired.append(ev))
     trainer.run()
     assert len(fired) == 12 and fired.count(IterationEvents.MODEL_COMPLETED) == 2
@@ -111,16 +116,22 @@ def test_standard_monai_events_and_outputs(tiny_net):
 
 def test_both_schedulers_step_once_per_iteration(tiny_net):
     trainer = _trainer(tiny_net, ["a"], ["b"], iterations=5)
-    scheds = [torch.optim.lr_scheduler.PolynomialLR(o, total_iters=5, power=0.9)
-              for o in (trainer.lower_optimizer, trainer.upper_optimizer)]
+    scheds = [
+        torch.optim.lr_scheduler.PolynomialLR(o, total_iters=5, power=0.9)
+        for o in (trainer.lower_optimizer, trainer.upper_optimizer)
+    ]
     for s in scheds:
         LrScheduleHandler(s, print_lr=False).attach(trainer)
     lrs = []
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: lrs.append(
-        (e.lower_optimizer.param_groups[0]["lr"], e.upper_optimizer.param_groups[0]["lr"])))
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED,
+        lambda e: lrs.append(
+            (e.lower_optimizer.param_groups[0]["lr"], e.upper_optimizer.param_groups[0]["lr"])
+        ),
+    )
     trainer.run()
     expected = [5e-3 * (1 - i / 5) ** 0.9 for i in range(5)]
-    for (lo, up), exp in zip(lrs, expected):
+    for (lo, up), exp in zip(lrs, expected, strict=True):
         assert abs(lo - exp) < 1e-9 and abs(up - exp) < 1e-9
 
 
@@ -128,6 +139,8 @@ def test_training_fits_the_training_images(tiny_net):
     torch.manual_seed(0)
     trainer = _trainer(tiny_net, ["a", "b"], ["c", "d"], iterations=40, batch=2, lr=1e-2)
     losses = []
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output["lower_loss"]))
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output["lower_loss"])
+    )
     trainer.run()
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5

@@ -59,7 +59,12 @@ def test_parameter_counts_are_consistent_and_reported(tiny_net, capsys):
     # 14 LoRA pairs of rank 4 on 256-d projections (q and v in 7 attentions; cross attentions
     # project to 128) + upscaling + one hypernetwork head
     decoder = tiny_net.mask_decoder
-    lora = sum(p.numel() for m in decoder.modules() if isinstance(m, LoRALinear) for p in (m.lora_a.weight, m.lora_b.weight))
+    lora = sum(
+        p.numel()
+        for m in decoder.modules()
+        if isinstance(m, LoRALinear)
+        for p in (m.lora_a.weight, m.lora_b.weight)
+    )
     head = sum(p.numel() for p in decoder.output_hypernetworks_mlps[0].parameters())
     upscale = sum(p.numel() for p in decoder.output_upscaling.parameters())
     assert counts["lower"] == lora + head + upscale
