@@ -92,7 +92,8 @@ def test_upper_level_sees_every_d2_sample_once_per_pass_and_a_new_batch_each_ste
     flat = [i for b in seen for i in b]
     assert sorted(flat[:4]) == d2 and len(set(flat[:4])) == 4  # first pass: every sample once
     assert len(flat) == 6
-    assert all(a != b for a, b in zip(flat[:3], flat[1:4], strict=True)), "consecutive upper steps reused a batch"
+    reused = [a == b for a, b in zip(flat[:3], flat[1:4], strict=True)]
+    assert not any(reused), "consecutive upper steps reused a batch"
 
 
 def test_standard_monai_events_and_outputs(tiny_net):
