@@ -11,12 +11,15 @@ def training_summary(evaluator: Evaluator, ckpt_dir: str) -> str:
     """Best validation Dice, the iteration it was reached at, and where the model was saved."""
     state = evaluator.state
     if state.best_metric_epoch < 0:
-        return "training ended without validation (val_size 0 or val_interval > iterations): no model saved"
+        return (
+            "training ended without validation (val_size 0 or val_interval > iterations): no model selected; "
+            f"the last weights are in {os.path.join(ckpt_dir, 'model_final.pt')}"
+        )
     path = os.path.join(ckpt_dir, "model.pt")
     return (
         f"best validation Dice {state.best_metric:.4f} at iteration {state.best_metric_epoch} "
         f"(last validation {state.metrics.get(evaluator.state.key_metric_name, float('nan')):.4f}); "
-        f"model saved to {path}"
+        f"model saved to {path} (last iteration's weights: model_final.pt)"
     )
 
 

@@ -120,7 +120,9 @@ class BLOSAM(nn.Module):
         self.image_encoder.eval()
         if self.embedding_cache is None or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
             return self.image_encoder(images)
-        keys = [self.embedding_cache.key(img, self.encoder_id) for img in images]
+        # embeddings computed under autocast differ from float32 ones: keep them apart
+        encoder_id = self.encoder_id + ("-autocast" if torch.is_autocast_enabled(images.device.type) else "")
+        keys = [self.embedding_cache.key(img, encoder_id) for img in images]
         found = [self.embedding_cache.get(k) for k in keys]
         missing = [i for i, f in enumerate(found) if f is None]
         if missing:
