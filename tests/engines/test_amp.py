@@ -7,8 +7,6 @@ import math
 
 import pytest
 import torch
-from monai.data import DataLoader
-from monai.losses import DiceCELoss
 
 from bundle.engines import BiLevelTrainer
 
@@ -24,31 +22,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def _items(ids: list[str]) -> list[dict]:
-    g = torch.Generator().manual_seed(len(ids))
-    out = []
-    for i, name in enumerate(ids):
-        label = torch.zeros(1, 256, 256)
-        label[:, 40 + 10 * i : 160, 60:200] = 1
-        out.append({"image": torch.randn(3, 256, 256, generator=g), "label": label, "id": name})
-    return out
-
-
-def _trainer(net, device="cpu", iterations=2, amp=True, lr=5e-3):
-    return BiLevelTrainer(
-        device=device,
-        max_epochs=iterations,
-        epoch_length=1,
-        lower_data_loader=DataLoader(_items(["a", "b"]), batch_size=1, shuffle=True),
-        upper_data_loader=DataLoader(_items(["c", "d"]), batch_size=1, shuffle=True),
-        network=net,
-        lower_optimizer=torch.optim.AdamW(net.lower_parameters(), lr=lr),
-        upper_optimizer=torch.optim.AdamW(net.upper_parameters(), lr=lr),
-        loss_function=DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=0.8, lambda_ce=0.2),
-        amp=amp,
-    )
 
 
 def _record_autocast(net, device_type: str) -> list[tuple[bool, torch.dtype]]:
@@ -68,11 +41,11 @@ def _assert_finite_losses(trainer: BiLevelTrainer) -> None:
     assert math.isfinite(out["hypergrad_norm"]) and out["hypergrad_norm"] > 0
 
 
-def test_cpu_amp_runs_under_bfloat16_autocast_without_scaler(tiny_net, one_thread) -> None:
+def test_cpu_amp_runs_under_bfloat16_autocast_without_scaler(make_trainer, tiny_net, one_thread) -> None:
     torch.manual_seed(0)
     seen = _record_autocast(tiny_net, "cpu")
     lower0 = [p.detach().clone() for p in tiny_net.lower_parameters()]
-    trainer = _trainer(tiny_net, amp=True)
+    trainer = make_trainer(tiny_net, ["a", "b"], ["c", "d"], iterations=2, amp=True)
     trainer.run()
     assert trainer.state.iteration == 2
     assert trainer.scaler is None
@@ -86,9 +59,9 @@ def test_cpu_amp_runs_under_bfloat16_autocast_without_scaler(tiny_net, one_threa
     assert any(not torch.equal(a, b) for a, b in zip(lower0, tiny_net.lower_parameters(), strict=True))
 
 
-def test_cpu_without_amp_runs_in_float32(tiny_net, one_thread) -> None:
+def test_cpu_without_amp_runs_in_float32(make_trainer, tiny_net, one_thread) -> None:
     seen = _record_autocast(tiny_net, "cpu")
-    trainer = _trainer(tiny_net, amp=False, iterations=1)
+    trainer = make_trainer(tiny_net, ["a", "b"], ["c", "d"], amp=False, iterations=1)
     trainer.run()
     assert trainer.scaler is None
     assert seen and all(not enabled and dtype == torch.float32 for enabled, dtype in seen), seen
@@ -97,11 +70,11 @@ def test_cpu_without_amp_runs_in_float32(tiny_net, one_thread) -> None:
 
 @pytest.mark.gpu
 @needs_cuda
-def test_cuda_amp_uses_grad_scaler(tiny_net) -> None:
+def test_cuda_amp_uses_grad_scaler(make_trainer, tiny_net) -> None:
     torch.manual_seed(0)
     net = tiny_net.to("cuda")
     seen = _record_autocast(net, "cuda")
-    trainer = _trainer(net, device="cuda", amp=True)
+    trainer = make_trainer(net, ["a", "b"], ["c", "d"], iterations=2, device="cuda", amp=True)
     trainer.run()
     assert trainer.state.iteration == 2
     assert trainer.scaler is not None

@@ -4,39 +4,10 @@ from __future__ import annotations
 
 import torch
 from ignite.engine import Events
-from monai.data import DataLoader
 from monai.engines import IterationEvents
 from monai.handlers import LrScheduleHandler
-from monai.losses import DiceCELoss
 
-from bundle.engines import BiLevelEvents, BiLevelTrainer
-
-
-def _items(ids: list[str]) -> list[dict]:
-    g = torch.Generator().manual_seed(len(ids))
-    out = []
-    for i, name in enumerate(ids):
-        label = torch.zeros(1, 256, 256)
-        label[:, 40 + 10 * i : 160, 60:200] = 1
-        out.append({"image": torch.randn(3, 256, 256, generator=g), "label": label, "id": name})
-    return out
-
-
-def _trainer(net, d1, d2, iterations=4, batch=1, handlers=None, lr=5e-3):
-    lower_opt = torch.optim.AdamW(net.lower_parameters(), lr=lr)
-    upper_opt = torch.optim.AdamW(net.upper_parameters(), lr=lr)
-    return BiLevelTrainer(
-        device="cpu",
-        max_epochs=iterations,
-        epoch_length=1,
-        lower_data_loader=DataLoader(_items(d1), batch_size=batch, shuffle=True),
-        upper_data_loader=DataLoader(_items(d2), batch_size=batch, shuffle=True),
-        network=net,
-        lower_optimizer=lower_opt,
-        upper_optimizer=upper_opt,
-        loss_function=DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=0.8, lambda_ce=0.2),
-        train_handlers=handlers,
-    )
+from bundle.engines import BiLevelEvents
 
 
 def _snapshot(params):
@@ -47,9 +18,9 @@ def _changed(before, params):
     return [not torch.equal(b, p) for b, p in zip(before, params, strict=True)]
 
 
-def test_lower_step_moves_only_w_and_upper_step_only_phi(tiny_net):
+def test_lower_step_moves_only_w_and_upper_step_only_phi(make_trainer, tiny_net):
     torch.manual_seed(0)
-    trainer = _trainer(tiny_net, ["a"], ["b"], iterations=1)
+    trainer = make_trainer(tiny_net, ["a"], ["b"], iterations=1)
     frozen = [p for p in tiny_net.parameters() if not p.requires_grad]
     lower, upper = tiny_net.lower_parameters(), tiny_net.upper_parameters()
     seen = {}
@@ -75,10 +46,10 @@ def test_lower_step_moves_only_w_and_upper_step_only_phi(tiny_net):
     assert not any(_changed(frozen0, frozen)), "frozen SAM weights moved"
 
 
-def test_upper_level_sees_every_d2_sample_once_per_pass_and_a_new_batch_each_step(tiny_net):
+def test_upper_level_sees_every_d2_sample_once_per_pass_and_a_new_batch_each_step(make_trainer, tiny_net):
     torch.manual_seed(0)
     d2 = ["u1", "u2", "u3", "u4"]
-    trainer = _trainer(tiny_net, ["l1", "l2"], d2, iterations=6)
+    trainer = make_trainer(tiny_net, ["l1", "l2"], d2, iterations=6)
     seen: list[list[str]] = []
     original = trainer.next_upper_batch
 
@@ -96,8 +67,8 @@ def test_upper_level_sees_every_d2_sample_once_per_pass_and_a_new_batch_each_ste
     assert not any(reused), "consecutive upper steps reused a batch"
 
 
-def test_standard_monai_events_and_outputs(tiny_net):
-    trainer = _trainer(tiny_net, ["a"], ["b"], iterations=2)
+def test_standard_monai_events_and_outputs(make_trainer, tiny_net):
+    trainer = make_trainer(tiny_net, ["a"], ["b"], iterations=2)
     fired = []
     for event in (
         IterationEvents.FORWARD_COMPLETED,
@@ -115,8 +86,8 @@ def test_standard_monai_events_and_outputs(tiny_net):
     assert out["hypergrad_norm"] > 0
 
 
-def test_both_schedulers_step_once_per_iteration(tiny_net):
-    trainer = _trainer(tiny_net, ["a"], ["b"], iterations=5)
+def test_both_schedulers_step_once_per_iteration(make_trainer, tiny_net):
+    trainer = make_trainer(tiny_net, ["a"], ["b"], iterations=5)
     scheds = [
         torch.optim.lr_scheduler.PolynomialLR(o, total_iters=5, power=0.9)
         for o in (trainer.lower_optimizer, trainer.upper_optimizer)
@@ -136,9 +107,9 @@ def test_both_schedulers_step_once_per_iteration(tiny_net):
         assert abs(lo - exp) < 1e-9 and abs(up - exp) < 1e-9
 
 
-def test_training_fits_the_training_images(tiny_net):
+def test_training_fits_the_training_images(make_trainer, tiny_net):
     torch.manual_seed(0)
-    trainer = _trainer(tiny_net, ["a", "b"], ["c", "d"], iterations=40, batch=2, lr=1e-2)
+    trainer = make_trainer(tiny_net, ["a", "b"], ["c", "d"], iterations=40, batch=2, lr=1e-2)
     losses = []
     trainer.add_event_handler(
         Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output["lower_loss"])
