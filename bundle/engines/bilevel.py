@@ -22,7 +22,7 @@ from monai.transforms import Transform
 from monai.utils import CommonKeys as Keys
 from torch.optim import Optimizer
 
-from bundle.engines.hypergradient import FirstOrderHypergradient
+from bundle.engines.hypergradient import FirstOrderHypergradient, LowerStep
 
 
 class _DropEpochComplete(logging.Filter):
@@ -106,6 +106,7 @@ class BiLevelTrainer(Trainer):
         self.inferer = SimpleInferer() if inferer is None else inferer
         self.upper_data_loader = upper_data_loader
         self._upper_iter: Iterator | None = None
+        self.lower_step: LowerStep | None = None
         self.scaler: torch.amp.GradScaler | None = None
         self.logger.addFilter(_DropEpochComplete())
 
@@ -154,6 +155,9 @@ class BiLevelTrainer(Trainer):
         engine.upper_optimizer.zero_grad(set_to_none=True)
 
         # lower level: W <- W - lr * grad_W L1(W, phi) on the D1 batch
+        needs_lower_step = getattr(engine.hypergradient, "needs_lower_step", False)
+        if needs_lower_step:
+            before = [p.detach().clone() for p in engine.network.lower_parameters()]
         with engine.autocast():
             engine.state.output[Keys.PRED] = engine.inferer(inputs, engine.network)
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
@@ -163,6 +167,7 @@ class BiLevelTrainer(Trainer):
         (engine.scaler.scale(loss) if engine.scaler is not None else loss).backward()
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
         engine._step(engine.lower_optimizer)
+        engine.lower_step = LowerStep(inputs, targets, before) if needs_lower_step else None
         engine.fire_event(BiLevelEvents.LOWER_COMPLETED)
 
         # upper level: phi <- phi - lr * hypergradient on the next D2 batch

@@ -2,10 +2,23 @@
 
 A hypergradient is an object the trainer is given (not a branch inside the trainer): it computes
 the upper loss on a D2 batch and leaves the hypergradient in ``p.grad`` of the upper parameters.
+
+Second-order variants need the lower step just taken; the trainer records it as a
+:class:`LowerStep` in ``engine.lower_step`` when ``needs_lower_step`` is set.
+
+The virtual step. The lower update W' = W - D * g, g = grad_W L1(W, phi), is the AdamW step the
+optimiser actually took, linearised in g: its first moment is linear in g with weight
+(1 - beta1) / (1 - beta1^t) (bias correction of step t), its second moment is held fixed during
+the step, so ``D = lr_t (1 - beta1) / (1 - beta1^t) / (sqrt(v_hat_t) + eps)`` per element, with the
+optimiser's real state and the learning rate in effect (for SGD, ``D = lr_t``). AdamW's decoupled
+weight decay does not depend on phi. The hypergradient is then
+``grad_phi L2(W', phi) - d2L1/(dphi dW) (D * grad_W' L2(W', phi))``; the finite-difference and the
+exact variant compute the same quantity, which is what makes the first a check of the second.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +34,45 @@ class UpperStep:
     grad_norm: float
 
 
+@dataclass
+class LowerStep:
+    """The lower-level step just taken: its batch and the lower weights before it."""
+
+    inputs: Tensor
+    targets: Tensor
+    params_before: list[Tensor]
+
+
+def lower_step_scale(optimizer: torch.optim.Optimizer, params: list[Tensor]) -> list[Tensor]:
+    """``D = dW'/dg`` of the optimiser's last step, per element (see the module docstring)."""
+    scales = []
+    for p in params:
+        group = next(g for g in optimizer.param_groups if any(q is p for q in g["params"]))
+        state = optimizer.state.get(p, {})
+        if "exp_avg_sq" not in state:  # SGD (no momentum state): the step is lr * g
+            scales.append(torch.full_like(p, group["lr"]))
+            continue
+        beta1, beta2 = group["betas"]
+        step = float(state["step"])
+        v_hat = state["exp_avg_sq"] / (1 - beta2**step)
+        scales.append(group["lr"] * (1 - beta1) / (1 - beta1**step) / (v_hat.sqrt() + group["eps"]))
+    return scales
+
+
+def _set_grads(engine, params: list[Tensor], grads: list[Tensor]) -> float:
+    # GradScaler.step unscales p.grad: hand it scaled values when a scaler is in use
+    scale = float(engine.scaler.get_scale()) if engine.scaler is not None else 1.0
+    for p, g in zip(params, grads, strict=True):
+        p.grad = (g * scale).to(p.dtype).detach()
+    return float(torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads])))
+
+
+def _loss(engine, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    with engine.autocast():
+        pred = engine.inferer(inputs, engine.network)
+        return engine.loss_function(pred, targets).mean(), pred
+
+
 class FirstOrderHypergradient:
     """``grad_phi L2(W', phi)`` at the updated lower weights W', treating W'(phi) as constant.
 
@@ -29,12 +81,11 @@ class FirstOrderHypergradient:
     """
 
     name = "first"
+    needs_lower_step = False
 
     def __call__(self, engine, inputs: Tensor, targets: Tensor) -> UpperStep:
         params = list(engine.network.upper_parameters())
-        with engine.autocast():
-            pred = engine.inferer(inputs, engine.network)
-            loss = engine.loss_function(pred, targets).mean()
+        loss, pred = _loss(engine, inputs, targets)
         scaled = engine.scaler.scale(loss) if engine.scaler is not None else loss
         grads = torch.autograd.grad(scaled, params)
         for p, g in zip(params, grads, strict=True):
@@ -45,11 +96,99 @@ class FirstOrderHypergradient:
         return UpperStep(loss=loss.detach(), pred=pred.detach(), grad_norm=norm)
 
 
-HYPERGRADIENTS = {"first": FirstOrderHypergradient}
+class FiniteDifferenceHypergradient:
+    """DARTS-style second order: the mixed Hessian-vector product by central differences.
+
+    ``(grad_phi L1(W+, phi) - grad_phi L1(W-, phi)) / (2 eps)`` with ``W+- = W +- eps u``,
+    ``u = D * grad_W' L2(W', phi)`` over all lower parameters (the final attention's LoRA
+    included) and ``eps = 0.01 / ||u||``. W is the weight before the lower step, D its virtual step.
+    """
+
+    name = "finite_difference"
+    needs_lower_step = True
+
+    def __init__(self, radius: float = 0.01) -> None:
+        self.radius = radius
+
+    def __call__(self, engine, inputs: Tensor, targets: Tensor) -> UpperStep:
+        net, lower_step = engine.network, engine.lower_step
+        lower, upper = list(net.lower_parameters()), list(net.upper_parameters())
+        loss, pred = _loss(engine, inputs, targets)
+        grads = torch.autograd.grad(loss, lower + upper)
+        v, first = grads[: len(lower)], grads[len(lower) :]
+        u = [d * g for d, g in zip(lower_step_scale(engine.lower_optimizer, lower), v, strict=True)]
+        u_norm = math.sqrt(sum(float((x.double() ** 2).sum()) for x in u))
+        hyper = list(first)
+        if u_norm > 0:
+            eps = self.radius / u_norm
+            updated = [p.detach().clone() for p in lower]
+            sides = []
+            for sign in (1.0, -1.0):
+                with torch.no_grad():
+                    for p, w, x in zip(lower, lower_step.params_before, u, strict=True):
+                        p.copy_(w + sign * eps * x)
+                side_loss, _ = _loss(engine, lower_step.inputs, lower_step.targets)
+                sides.append(torch.autograd.grad(side_loss, upper))
+            with torch.no_grad():
+                for p, w in zip(lower, updated, strict=True):
+                    p.copy_(w)
+            hyper = [f - (gp - gm) / (2 * eps) for f, gp, gm in zip(first, *sides, strict=True)]
+        norm = _set_grads(engine, upper, hyper)
+        return UpperStep(loss=loss.detach(), pred=pred.detach(), grad_norm=norm)
+
+
+class ExactHypergradient:
+    """The same hypergradient by automatic differentiation through the virtual lower step.
+
+    ``W'(phi) = W' - D * (grad_W L1(W, phi) - grad_W L1(W, phi_0))`` equals the actual W' at the
+    current phi_0 and has the virtual step's derivative; ``torch.func.grad`` differentiates
+    ``L2(W'(phi), phi)`` through it (a double backward through the decoder). For checking and for
+    small models: it costs about two extra backward passes and their memory.
+    """
+
+    name = "exact"
+    needs_lower_step = True
+
+    def __call__(self, engine, inputs: Tensor, targets: Tensor) -> UpperStep:
+        from torch.func import functional_call, grad
+
+        net, lower_step = engine.network, engine.lower_step
+        names = {id(p): n for n, p in net.named_parameters()}
+        lower, upper = list(net.lower_parameters()), list(net.upper_parameters())
+        lower_names, upper_names = [names[id(p)] for p in lower], [names[id(p)] for p in upper]
+        scale = dict(zip(lower_names, lower_step_scale(engine.lower_optimizer, lower), strict=True))
+        before = dict(zip(lower_names, lower_step.params_before, strict=True))
+        after = {n: p.detach() for n, p in zip(lower_names, lower, strict=True)}
+        phi0 = {n: p.detach() for n, p in zip(upper_names, upper, strict=True)}
+
+        def lower_loss(w: dict, phi: dict) -> Tensor:
+            pred = functional_call(net, {**w, **phi}, (lower_step.inputs,), strict=False)
+            return engine.loss_function(pred, lower_step.targets).mean()
+
+        g0 = {n: t.detach() for n, t in grad(lower_loss)(before, phi0).items()}
+
+        def upper_loss(phi: dict) -> Tensor:
+            g = grad(lower_loss)(before, phi)
+            w = {n: after[n] - scale[n] * (g[n] - g0[n]) for n in lower_names}
+            pred = functional_call(net, {**w, **phi}, (inputs,), strict=False)
+            return engine.loss_function(pred, targets).mean()
+
+        hyper = grad(upper_loss)(phi0)
+        with torch.no_grad():
+            loss, pred = _loss(engine, inputs, targets)
+        norm = _set_grads(engine, upper, [hyper[n] for n in upper_names])
+        return UpperStep(loss=loss.detach(), pred=pred.detach(), grad_norm=norm)
+
+
+HYPERGRADIENTS = {
+    "first": FirstOrderHypergradient,
+    "finite_difference": FiniteDifferenceHypergradient,
+    "exact": ExactHypergradient,
+}
 
 
 def build_hypergradient(name: str):
-    """The hypergradient variant called ``name``."""
+    """The hypergradient variant called ``name`` (``first``, ``finite_difference`` or ``exact``)."""
     if name not in HYPERGRADIENTS:
         raise ValueError(f"Unknown hypergradient {name!r}; choose one of {sorted(HYPERGRADIENTS)}.")
     return HYPERGRADIENTS[name]()

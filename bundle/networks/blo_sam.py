@@ -67,6 +67,9 @@ class BLOSAM(nn.Module):
         for p in self.lower_parameters():
             p.requires_grad_(True)
         self.prompt_embedding.requires_grad_(True)
+        # SAM's dense positional encoding of the embedding grid is a constant of the frozen prompt
+        # encoder: computed once (SAM builds it in float32 at every call, which also breaks float64)
+        self.register_buffer("image_pe", self.prompt_encoder.get_dense_pe().detach(), persistent=False)
         self.embedding_cache = embedding_cache
         self._encoder_id: str | None = None
         self.image_encoder.eval()
@@ -138,7 +141,7 @@ class BLOSAM(nn.Module):
         sparse = embeddings.new_zeros((batch, 0, self.prompt_embedding.shape[1]))
         dense = self.prompt_embedding.to(embeddings.dtype).reshape(1, -1, 1, 1)
         masks = self.mask_decoder.predict_logits(
-            embeddings, self.prompt_encoder.get_dense_pe().to(embeddings.dtype), sparse, dense
+            embeddings, self.image_pe.to(embeddings.dtype), sparse, dense
         )  # B x C x 4h x 4w
         # Background is a constant 0 logit, so softmax over [0, m] is sigmoid(m) for one class and
         # SAM's own mask semantics (logit > 0: object) carry over unchanged from the pretrained
