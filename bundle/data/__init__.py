@@ -6,8 +6,10 @@ from bundle.data.inputs import image_datalist
 from bundle.data.masks import LoadMaskd
 from bundle.data.presets import dental_datalist, jsrt_datalist, kvasir_datalist
 from bundle.data.readers import JsrtRawReader, LoadAnyImaged, image_readers, pil_converter, read_image
+from bundle.data.sampling import CyclicShuffleSampler
 
 __all__ = [
+    "CyclicShuffleSampler",
     "FewShotSplit",
     "JsrtRawReader",
     "LoadAnyImaged",

@@ -187,8 +187,13 @@ HYPERGRADIENTS = {
 }
 
 
-def build_hypergradient(name: str):
-    """The hypergradient variant called ``name`` (``first``, ``finite_difference`` or ``exact``)."""
+def build_hypergradient(name: str, fd_radius: float = 0.01):
+    """The hypergradient variant called ``name`` (``first``, ``finite_difference`` or ``exact``).
+
+    ``fd_radius`` is the finite-difference radius (``eps = fd_radius / ||u||``, DARTS uses 0.01).
+    """
     if name not in HYPERGRADIENTS:
         raise ValueError(f"Unknown hypergradient {name!r}; choose one of {sorted(HYPERGRADIENTS)}.")
+    if name == "finite_difference":
+        return FiniteDifferenceHypergradient(radius=fd_radius)
     return HYPERGRADIENTS[name]()

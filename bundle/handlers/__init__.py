@@ -2,9 +2,12 @@
 
 from bundle.handlers.overlay import OverlaySaver, overlay_image
 from bundle.handlers.progress import IterationProgressBar
+from bundle.handlers.resume import ResumableTraining, save_atomically
 from bundle.handlers.summary import evaluation_summary, existing_checkpoint, training_summary
 
 __all__ = [
+    "ResumableTraining",
+    "save_atomically",
     "IterationProgressBar",
     "OverlaySaver",
     "evaluation_summary",

@@ -69,5 +69,7 @@ class OverlaySaver:
                 image = Image.new("RGB", (pred.shape[1], pred.shape[0]))
             self.output_dir.mkdir(parents=True, exist_ok=True)
             path = self.output_dir / f"{source.name.split('.')[0]}_overlay.png"
-            overlay_image(image, label, pred).save(path)
+            tmp = path.with_name(f".{path.name}.tmp")  # written whole or not at all
+            overlay_image(image, label, pred).save(tmp, format="PNG")
+            os.replace(tmp, path)
             self.saved.append(path)

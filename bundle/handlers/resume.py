@@ -1,0 +1,187 @@
+"""Resumable bi-level training: one atomic checkpoint of everything the next iteration depends on.
+
+Saved every ``interval`` iterations (after the schedulers and the validation of that iteration):
+both levels' trainable parameters, both optimisers, both lr schedulers, the iteration, the D1/D2
+samplers' positions, the random states of the random transforms and of torch / numpy / python,
+and the model-selection state (best validation Dice, its iteration, the saved-best bookkeeping).
+On start, a checkpoint of the same run (same fingerprint: data split and settings) is restored,
+so stopping at iteration k, even by SIGKILL, and running the same command again gives the weights
+an uninterrupted run gives. A finished run deletes its checkpoint; a checkpoint of another run is
+ignored with a warning.
+
+Ignite's ``Checkpoint`` covers objects with ``state_dict``; the random states of MONAI transforms
+and the evaluator's best-metric fields have none, hence this handler.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+import os
+import random
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from monai.transforms import Compose, Randomizable
+
+logger = logging.getLogger(__name__)
+
+
+def _randomizables(transform: Compose) -> list[Randomizable]:
+    found = []
+    for t in transform.flatten().transforms:
+        if isinstance(t, Randomizable):
+            found.append(t)
+            found += [v for v in vars(t).values() if isinstance(v, Randomizable)]
+    return found
+
+
+def _numpy_state_to_tensors(state: tuple) -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = state
+    return {"name": name, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached": float(cached)}  # fmt: skip
+
+
+def _numpy_state_from_tensors(state: dict[str, Any]) -> tuple:
+    keys = state["keys"].numpy().astype(np.uint32)
+    return state["name"], keys, state["pos"], state["has_gauss"], state["cached"]
+
+
+def save_atomically(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class ResumableTraining:
+    """Checkpoint and restore a :class:`bundle.engines.BiLevelTrainer` run (attach it last).
+
+    Args:
+        path: the checkpoint file (e.g. ``models/resume.pt``).
+        interval: save every ``interval`` iterations.
+        network: the model; its lower- and upper-level parameters are saved.
+        optimizers: both levels' optimisers.
+        lr_schedulers: both levels' schedulers.
+        samplers: the D1 and D2 samplers (with ``state_dict``).
+        transforms: the training preprocessing (its random transforms' states are saved).
+        evaluator: the validation evaluator (best metric and its iteration).
+        best_saver: the evaluator's ``CheckpointSaver`` keeping the best model.
+        fingerprint: anything identifying the run; a checkpoint with another one is not resumed.
+        resume: ``False`` starts afresh even if a checkpoint exists.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        interval: int,
+        network: torch.nn.Module,
+        optimizers: Sequence[torch.optim.Optimizer],
+        lr_schedulers: Sequence[Any],
+        samplers: Sequence[Any],
+        transforms: Compose,
+        evaluator: Engine | None = None,
+        best_saver: Any = None,
+        fingerprint: Any = None,
+        resume: bool = True,
+    ) -> None:
+        self.path = Path(path)
+        self.interval = int(interval)
+        self.network = network
+        self.optimizers = list(optimizers)
+        self.lr_schedulers = list(lr_schedulers)
+        self.samplers = list(samplers)
+        self.randomizables = _randomizables(transforms)
+        self.evaluator = evaluator
+        self.best_saver = best_saver
+        self.fingerprint = repr(fingerprint)
+        self.resume = resume
+        self.resumed_from: int | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.restore)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._maybe_save)
+        engine.add_event_handler(Events.COMPLETED, self.remove)
+
+    def _trainable(self) -> dict[str, torch.Tensor]:
+        return {n: p for n, p in self.network.named_parameters() if p.requires_grad}
+
+    def state_dict(self, engine: Engine) -> dict[str, Any]:
+        """Everything needed to continue after the current iteration."""
+        state: dict[str, Any] = {
+            "fingerprint": self.fingerprint,
+            "iteration": engine.state.iteration,
+            "epoch": engine.state.epoch,
+            "params": {n: p.detach().clone() for n, p in self._trainable().items()},
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "lr_schedulers": [s.state_dict() for s in self.lr_schedulers],
+            "samplers": [s.state_dict() for s in self.samplers],
+            "transforms": [_numpy_state_to_tensors(t.R.get_state()) for t in self.randomizables],
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": _numpy_state_to_tensors(np.random.get_state()),
+            "python_rng": repr(random.getstate()),
+        }
+        if self.evaluator is not None:
+            state["best_metric"] = float(self.evaluator.state.best_metric)
+            state["best_metric_epoch"] = int(self.evaluator.state.best_metric_epoch)
+        if self.best_saver is not None and self.best_saver._key_metric_checkpoint is not None:
+            # MONAI's CheckpointSaver restores this list (load_state_dict) but has no getter for it
+            state["best_saver"] = self.best_saver._key_metric_checkpoint.state_dict()
+        return state
+
+    def _maybe_save(self, engine: Engine) -> None:
+        if engine.state.epoch % self.interval == 0 and engine.state.epoch < engine.state.max_epochs:
+            save_atomically(self.state_dict(engine), self.path)
+
+    def restore(self, engine: Engine) -> None:
+        """Load the checkpoint into the run if it exists and belongs to this run."""
+        if not (self.resume and self.path.is_file()):
+            return
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as err:  # a damaged file must not stop a fresh start
+            logger.warning(f"cannot read resume checkpoint {self.path} ({err}); starting from iteration 0")
+            return
+        if state.get("fingerprint") != self.fingerprint:
+            logger.warning(f"resume checkpoint {self.path} is from another run (other data or settings); "
+                           "starting from iteration 0 (it will be overwritten)")  # fmt: skip
+            return
+        with torch.no_grad():
+            for name, p in self._trainable().items():
+                p.copy_(state["params"][name])
+        for obj, s in zip(self.optimizers, state["optimizers"], strict=True):
+            obj.load_state_dict(s)
+        for obj, s in zip(self.lr_schedulers, state["lr_schedulers"], strict=True):
+            obj.load_state_dict(s)
+        for obj, s in zip(self.samplers, state["samplers"], strict=True):
+            obj.load_state_dict(s)
+        for obj, s in zip(self.randomizables, state["transforms"], strict=True):
+            obj.R.set_state(_numpy_state_from_tensors(s))
+        torch.set_rng_state(state["torch_rng"])
+        np.random.set_state(_numpy_state_from_tensors(state["numpy_rng"]))
+        random.setstate(ast.literal_eval(state["python_rng"]))
+        if self.evaluator is not None and "best_metric" in state:
+            self.evaluator.state.best_metric = state["best_metric"]
+            self.evaluator.state.best_metric_epoch = state["best_metric_epoch"]
+        if self.best_saver is not None and "best_saver" in state:
+            self.best_saver.load_state_dict(state["best_saver"])
+        engine.state.iteration = state["iteration"]
+        engine.state.epoch = state["epoch"]
+        self.resumed_from = state["iteration"]
+        logger.info(f"resumed from {self.path} at iteration {self.resumed_from}")
+
+    def remove(self, engine: Engine) -> None:
+        """A finished run needs no resume point."""
+        if engine.state.epoch >= engine.state.max_epochs:
+            self.path.unlink(missing_ok=True)
