@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
-from ignite.engine import EventEnum
+from ignite.engine import EventEnum, Events
 from monai.engines import Trainer
 from monai.engines.utils import IterationEvents, default_prepare_batch
 from monai.inferers import Inferer, SimpleInferer
@@ -109,6 +110,11 @@ class BiLevelTrainer(Trainer):
         self.lower_step: LowerStep | None = None
         self.scaler: torch.amp.GradScaler | None = None
         self.logger.addFilter(_DropEpochComplete())
+        self.add_event_handler(Events.STARTED, self._log_variant)
+
+    def _log_variant(self, _engine: BiLevelTrainer) -> None:
+        name = getattr(self.hypergradient, "name", type(self.hypergradient).__name__)
+        self.logger.info(f"bi-level training with the {name!r} hypergradient, amp={self.amp}")
 
     def run(self) -> None:  # type: ignore[override]
         dev = torch.device(self.state.device)
@@ -174,8 +180,10 @@ class BiLevelTrainer(Trainer):
         engine.lower_optimizer.zero_grad(set_to_none=True)
         engine.upper_optimizer.zero_grad(set_to_none=True)
         upper_inputs, upper_targets = engine._prepare(engine.next_upper_batch())
+        start = time.perf_counter()
         upper = engine.hypergradient(engine, upper_inputs, upper_targets)
         engine._step(engine.upper_optimizer)
+        upper_seconds = time.perf_counter() - start
         engine.fire_event(BiLevelEvents.UPPER_COMPLETED)
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
 
@@ -185,11 +193,14 @@ class BiLevelTrainer(Trainer):
                 "lower_loss": loss.item(),
                 "upper_loss": upper.loss.item(),
                 "hypergrad_norm": upper.grad_norm,
+                "upper_seconds": upper_seconds,
             }
         )
         return engine.state.output
 
 
 def loss_items(output: dict) -> dict[str, float]:
-    """Both levels' losses from a trainer output, for StatsHandler / TensorBoard ``output_transform``."""
-    return {"lower_loss": output["lower_loss"], "upper_loss": output["upper_loss"]}
+    """Both levels' losses, the hypergradient norm and the upper step's time from a trainer output,
+    for StatsHandler / TensorBoard ``output_transform``."""
+    keys = ("lower_loss", "upper_loss", "hypergrad_norm", "upper_seconds")
+    return {k: output[k] for k in keys}

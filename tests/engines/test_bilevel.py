@@ -82,7 +82,7 @@ def test_standard_monai_events_and_outputs(make_trainer, tiny_net):
     trainer.run()
     assert len(fired) == 12 and fired.count(IterationEvents.MODEL_COMPLETED) == 2
     out = trainer.state.output
-    assert {"lower_loss", "upper_loss", "hypergrad_norm", "loss", "pred"} <= set(out)
+    assert {"lower_loss", "upper_loss", "hypergrad_norm", "upper_seconds", "loss", "pred"} <= set(out)
     assert out["hypergrad_norm"] > 0
 
 
