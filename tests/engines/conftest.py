@@ -7,6 +7,7 @@ import torch
 from monai.data import DataLoader
 from monai.losses import DiceCELoss
 
+from bundle.data import CyclicShuffleSampler
 from bundle.engines import BiLevelTrainer
 
 
@@ -21,6 +22,12 @@ def synthetic_items(ids: list[str]) -> list[dict]:
     return out
 
 
+def _loader(ids: list[str], batch: int, seed: int) -> DataLoader:
+    # as in configs/train.json: endless seeded passes, every item once per pass
+    items = synthetic_items(ids)
+    return DataLoader(items, batch_size=batch, sampler=CyclicShuffleSampler(len(items), seed), num_workers=0)
+
+
 @pytest.fixture
 def make_trainer():
     """``make_trainer(net, d1_ids, d2_ids, iterations=4, batch=1, lr=5e-3, device="cpu", amp=False)``."""
@@ -30,8 +37,8 @@ def make_trainer():
             device=device,
             max_epochs=iterations,
             epoch_length=1,
-            lower_data_loader=DataLoader(synthetic_items(d1), batch_size=batch, shuffle=True),
-            upper_data_loader=DataLoader(synthetic_items(d2), batch_size=batch, shuffle=True),
+            lower_data_loader=_loader(d1, batch, seed=0),
+            upper_data_loader=_loader(d2, batch, seed=1),
             network=net,
             lower_optimizer=torch.optim.AdamW(net.lower_parameters(), lr=lr),
             upper_optimizer=torch.optim.AdamW(net.upper_parameters(), lr=lr),

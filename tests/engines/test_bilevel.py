@@ -116,3 +116,24 @@ def test_training_fits_the_training_images(make_trainer, tiny_net):
     )
     trainer.run()
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
+
+
+def test_gradients_are_zeroed_between_iterations(make_trainer, tiny_net):
+    """Iteration 2 of a run equals iteration 1 of a fresh run started from the state after iteration 1."""
+    import copy
+
+    torch.manual_seed(0)
+    run = make_trainer(tiny_net, ["a"], ["b"], iterations=1)
+    run.run()
+    net_after_1 = copy.deepcopy(tiny_net)
+    lower_state = copy.deepcopy(run.lower_optimizer.state_dict())
+    upper_state = copy.deepcopy(run.upper_optimizer.state_dict())
+    run.state.max_epochs = 2
+    run.run()  # iteration 2, with whatever the first iteration left behind
+    fresh = make_trainer(net_after_1, ["a"], ["b"], iterations=1)
+    fresh.lower_optimizer.load_state_dict(lower_state)
+    fresh.upper_optimizer.load_state_dict(upper_state)
+    fresh.run()
+    for a, b in zip(tiny_net.parameters(), net_after_1.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert all(p.grad is None for p in tiny_net.lower_parameters()), "W's gradient outlived the upper step"

@@ -1,0 +1,57 @@
+"""The configs as a user runs them: what trains on what, and what selects the model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from monai.bundle import ConfigParser
+from monai.handlers import CheckpointSaver
+
+from bundle.engines import ExactHypergradient, FiniteDifferenceHypergradient, FirstOrderHypergradient
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _parser(**overrides) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "configs" / "train.json"))
+    parser.update({"bundle_root": str(ROOT), **overrides})
+    return parser
+
+
+def _ids(items) -> set[str]:
+    return {d["id"] for d in items}
+
+
+def test_model_selection_uses_only_the_held_out_validation_set():
+    parser = _parser()
+    split = parser.get_parsed_content("split")
+    lower, upper, val, test = (_ids(x) for x in (split.lower, split.upper, split.val, split.test))
+    assert lower and upper and val and test
+    assert lower.isdisjoint(upper) and val.isdisjoint(lower | upper | test)
+    assert _ids(parser.get_parsed_content("validate#dataset").data) == val
+    assert _ids(parser.get_parsed_content("train#lower_dataset").data) == lower
+    assert _ids(parser.get_parsed_content("train#upper_dataset").data) == upper
+    savers = [h for h in parser.get_parsed_content("validate#handlers") if isinstance(h, CheckpointSaver)]
+    # the best model is picked by validation Dice, on the validation evaluator
+    assert len(savers) == 1 and savers[0]._key_metric_checkpoint is not None
+
+
+@pytest.mark.parametrize(
+    ("name", "cls"),
+    [("first", FirstOrderHypergradient), ("finite_difference", FiniteDifferenceHypergradient),
+     ("exact", ExactHypergradient)],
+)  # fmt: skip
+def test_hypergradient_is_a_config_switch(name, cls):
+    trainer_config = _parser(hypergradient=name, fd_radius=0.02)
+    hypergradient = trainer_config.get_parsed_content("train#trainer#hypergradient")
+    assert isinstance(hypergradient, cls)
+    if name == "finite_difference":
+        assert hypergradient.radius == 0.02
+
+
+def test_unknown_backbone_is_a_clear_error():
+    with pytest.raises(RuntimeError) as err:
+        _parser(backbone="vit_q").get_parsed_content("input_size")
+    assert "Unknown backbone 'vit_q'" in str(err.value.__cause__)
