@@ -22,6 +22,16 @@ def synthetic_items(ids: list[str]) -> list[dict]:
     return out
 
 
+@pytest.fixture
+def one_thread():
+    """Run torch on one thread: on this 2-core CPU, small tensors (and CPU bfloat16 without
+    AVX512-BF16) spend more time in thread handoffs than in arithmetic when another job runs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _loader(ids: list[str], batch: int, seed: int) -> DataLoader:
     # as in configs/train.json: endless seeded passes, every item once per pass
     items = synthetic_items(ids)

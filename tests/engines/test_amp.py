@@ -15,15 +15,6 @@ needs_cuda = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
-def one_thread():
-    """CPU bfloat16 on a tiny model is all threading overhead without AVX512-BF16: 1 thread is ~5x faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _record_autocast(net, device_type: str) -> list[tuple[bool, torch.dtype]]:
     """(autocast enabled, output dtype) of every call of the decoder's output upscaling."""
     seen: list[tuple[bool, torch.dtype]] = []

@@ -20,14 +20,6 @@ from bundle.engines.hypergradient import (
 )
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _batch(seed: int, n: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     images = torch.randn(n, 3, 256, 256, generator=g, dtype=torch.float64)
