@@ -5,7 +5,7 @@ from bundle.data.folder import folder_datalist
 from bundle.data.inputs import image_datalist
 from bundle.data.masks import LoadMaskd
 from bundle.data.presets import dental_datalist, jsrt_datalist, kvasir_datalist
-from bundle.data.readers import JsrtRawReader, LoadAnyImaged, image_readers, pil_converter, read_image
+from bundle.data.readers import JsrtRawReader, LoadAnyImaged, pil_converter, read_image
 from bundle.data.sampling import CyclicShuffleSampler
 
 __all__ = [
@@ -18,7 +18,6 @@ __all__ = [
     "few_shot_split",
     "folder_datalist",
     "image_datalist",
-    "image_readers",
     "jsrt_datalist",
     "kvasir_datalist",
     "paper_split",

@@ -159,25 +159,6 @@ class JsrtRawReader(ImageReader):
         return data, meta
 
 
-def image_readers() -> list[ImageReader]:
-    """Readers for ``monai.transforms.LoadImaged(reader=...)``.
-
-    ``LoadImage`` tries explicit readers from the last to the first: JSRT ``.IMG``, then PIL
-    (PNG/JPEG/BMP/GIF/TIFF, through ``pil_converter``), then NIfTI (nibabel), DICOM (pydicom) and, when
-    the ``itk`` package is installed, ITK (MHA/NRRD and others).
-
-    Returns:
-        A new list of reader instances.
-    """
-    readers: list[ImageReader] = []
-    if HAS_ITK:
-        from monai.data import ITKReader
-
-        readers.append(ITKReader())
-    readers += [PydicomReader(), NibabelReader(), _PILReader(converter=pil_converter), JsrtRawReader()]
-    return readers
-
-
 def reader_for(filename: os.PathLike | str) -> ImageReader:
     """Pick the reader for one file from its suffix.
 

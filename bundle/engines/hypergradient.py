@@ -12,7 +12,8 @@ optimiser actually took, linearised in g: its first moment is linear in g with w
 the step, so ``D = lr_t (1 - beta1) / (1 - beta1^t) / (sqrt(v_hat_t) + eps)`` per element, with the
 optimiser's real state and the learning rate in effect (for SGD, ``D = lr_t``). Holding the second
 moment fixed is the one approximation: g enters it squared with weight 1 - beta2 = 0.001, a
-far smaller path than the first moment's. AdamW's decoupled weight decay does not depend on phi. The hypergradient is then
+far smaller path than the first moment's. AdamW's decoupled weight decay does not depend on phi.
+The hypergradient is then
 ``grad_phi L2(W', phi) - d2L1/(dphi dW) (D * grad_W' L2(W', phi))``; the finite-difference and the
 exact variant compute the same quantity, which is what makes the first a check of the second.
 """

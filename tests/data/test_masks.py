@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 from monai.data.meta_tensor import MetaTensor
-from monai.transforms import EnsureChannelFirstd, Flipd, LoadImaged
+from monai.transforms import EnsureChannelFirstd, Flipd
 from PIL import Image
 
-from bundle.data import LoadMaskd, image_readers
+from bundle.data import LoadAnyImaged, LoadMaskd
 
 
 def _save(path: Path, array: np.ndarray, **kwargs) -> str:
@@ -23,7 +23,7 @@ def _save(path: Path, array: np.ndarray, **kwargs) -> str:
 def _image(path: Path, shape: tuple[int, int] = (20, 30)) -> MetaTensor:
     """Write and load a grey PNG of (rows, cols) ``shape``; returns the channel-first MetaTensor."""
     _save(path, np.full(shape, 100, dtype=np.uint8))
-    data = LoadImaged("image", reader=image_readers())({"image": str(path)})
+    data = LoadAnyImaged("image")({"image": str(path)})
     return EnsureChannelFirstd("image")(data)["image"]
 
 
@@ -134,7 +134,7 @@ def test_volume_label_map(tmp_path: Path) -> None:
     affine = np.diag([3.0, 3.0, 3.0, 1.0])
     nib.save(nib.Nifti1Image(volume, affine), tmp_path / "ct.nii.gz")
     nib.save(nib.Nifti1Image(labels, affine), tmp_path / "seg.nii.gz")
-    data = LoadImaged("image", reader=image_readers())({"image": str(tmp_path / "ct.nii.gz")})
+    data = LoadAnyImaged("image")({"image": str(tmp_path / "ct.nii.gz")})
     data = EnsureChannelFirstd("image")(data)
     data["label"] = str(tmp_path / "seg.nii.gz")
     out = LoadMaskd("label", value_map={1: 1, 5: 2})(data)["label"]

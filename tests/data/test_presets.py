@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+from monai.transforms import Compose, EnsureChannelFirstd
 from PIL import Image
 
 import bundle
 from bundle.data import (
+    LoadAnyImaged,
     LoadMaskd,
     dental_datalist,
-    image_readers,
     jsrt_datalist,
     kvasir_datalist,
     paper_split,
@@ -33,7 +33,7 @@ def _touch(folder: Path, *names: str) -> None:
 def _load_case(item: dict, **mask_args) -> dict:
     return Compose(
         [
-            LoadImaged("image", reader=image_readers()),
+            LoadAnyImaged("image"),
             EnsureChannelFirstd("image"),
             LoadMaskd("label", **mask_args),
         ]

@@ -11,13 +11,13 @@ import torch
 from monai.transforms import EnsureChannelFirstd, LoadImaged
 from PIL import Image
 
-from bundle.data import JsrtRawReader, image_readers, pil_converter, read_image
+from bundle.data import JsrtRawReader, LoadAnyImaged, pil_converter, read_image
 from bundle.data.readers import JSRT_FILE_BYTES
 
 
 def _load(path: Path) -> torch.Tensor:
-    """Load one file through LoadImaged(image_readers()) + EnsureChannelFirstd, as the configs do."""
-    data = LoadImaged("image", reader=image_readers())({"image": str(path)})
+    """Load one file through LoadAnyImaged + EnsureChannelFirstd, as the configs do."""
+    data = LoadAnyImaged("image")({"image": str(path)})
     return EnsureChannelFirstd("image")(data)["image"]
 
 
@@ -68,7 +68,7 @@ def test_converter_bilevel_is_0_255() -> None:
     np.testing.assert_array_equal(np.asarray(pil_converter(image)), [[0, 255]])
 
 
-# ---- LoadImaged(reader=image_readers()) on each kind of file -------------------------------------------
+# ---- LoadAnyImaged on each kind of file -------------------------------------------
 
 
 def test_palette_png_loads_as_grey_values(tmp_path: Path) -> None:
@@ -166,7 +166,7 @@ def test_jsrt_raw_round_trip_matches_png_convention(tmp_path: Path) -> None:
     assert float(plain[0, 2, 1]) == stored[1, 2]  # axis 0 is the column (x), as with PILReader
     np.testing.assert_array_equal(plain.affine.numpy(), np.eye(4))
 
-    inverted = _load(raw_path)  # image_readers() default: invert=True
+    inverted = _load(raw_path)  # LoadAnyImaged's JSRT reader: invert=True
     np.testing.assert_array_equal(inverted[0].numpy(), 4095 - plain[0].numpy())
     assert inverted.meta["jsrt_inverted"]
 
@@ -216,3 +216,10 @@ def test_unknown_suffix_and_missing_file(tmp_path: Path) -> None:
         read_image(other)
     with pytest.raises(ValueError, match=r"absent\.png.*not found"):
         read_image(tmp_path / "absent.png")
+
+
+def test_unreadable_image_names_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG truncated")
+    with pytest.raises(ValueError, match=r"cannot read image .*broken\.png"):
+        _load(bad)
