@@ -11,8 +11,11 @@ optimiser actually took, linearised in g: its first moment is linear in g with w
 (1 - beta1) / (1 - beta1^t) (bias correction of step t), its second moment is held fixed during
 the step, so ``D = lr_t (1 - beta1) / (1 - beta1^t) / (sqrt(v_hat_t) + eps)`` per element, with the
 optimiser's real state and the learning rate in effect (for SGD, ``D = lr_t``). Holding the second
-moment fixed is the one approximation: g enters it squared with weight 1 - beta2 = 0.001, a
-far smaller path than the first moment's. AdamW's decoupled weight decay does not depend on phi.
+moment fixed is the one approximation: it is good once the moment has a history, poor in the first
+steps (at t = 1 bias correction makes v_hat = g^2) and where v_hat is ~0 (LoRA A before B moves),
+where D ~ lr / eps is huge; there the finite-difference radius eps = 0.01 / ||D * v|| becomes tiny
+and float32 cancellation swamps the difference (see docs/results/benchmark_hypergradient.md).
+AdamW's decoupled weight decay does not depend on phi.
 The hypergradient is then
 ``grad_phi L2(W', phi) - d2L1/(dphi dW) (D * grad_W' L2(W', phi))``; the finite-difference and the
 exact variant compute the same quantity, which is what makes the first a check of the second.
@@ -163,8 +166,11 @@ class ExactHypergradient:
         after = {n: p.detach() for n, p in zip(lower_names, lower, strict=True)}
         phi0 = {n: p.detach() for n, p in zip(upper_names, upper, strict=True)}
 
+        # the frozen encoder runs outside the transforms (its cache hashes tensor data)
+        lower_embeddings, upper_embeddings = net.encode(lower_step.inputs), net.encode(inputs)
+
         def lower_loss(w: dict, phi: dict) -> Tensor:
-            pred = functional_call(net, {**w, **phi}, (lower_step.inputs,), strict=False)
+            pred = functional_call(net, {**w, **phi}, (lower_embeddings,), {"encoded": True}, strict=False)
             return engine.loss_function(pred, lower_step.targets).mean()
 
         g0 = {n: t.detach() for n, t in grad(lower_loss)(before, phi0).items()}
@@ -172,7 +178,7 @@ class ExactHypergradient:
         def upper_loss(phi: dict) -> Tensor:
             g = grad(lower_loss)(before, phi)
             w = {n: after[n] - scale[n] * (g[n] - g0[n]) for n in lower_names}
-            pred = functional_call(net, {**w, **phi}, (inputs,), strict=False)
+            pred = functional_call(net, {**w, **phi}, (upper_embeddings,), {"encoded": True}, strict=False)
             return engine.loss_function(pred, targets).mean()
 
         hyper = grad(upper_loss)(phi0)

@@ -153,8 +153,14 @@ class BLOSAM(nn.Module):
             )
         return logits
 
-    def forward(self, images: Tensor) -> Tensor:
-        """Logits B x (C+1) x S x S for preprocessed images B x 3 x S x S; no prompt needed."""
+    def forward(self, images: Tensor, encoded: bool = False) -> Tensor:
+        """Logits B x (C+1) x S x S for preprocessed images B x 3 x S x S; no prompt needed.
+
+        ``encoded=True`` takes image embeddings (``encode``'s output) instead of images: for code
+        that transforms the model functionally (``torch.func``), where the cache cannot hash.
+        """
+        if encoded:
+            return self.decode(images)
         if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (self.input_size,) * 2:
             raise ValueError(
                 f"BLOSAM expects images B x 3 x {self.input_size} x {self.input_size}, "
