@@ -173,7 +173,11 @@ class BiLevelTrainer(Trainer):
         (engine.scaler.scale(loss) if engine.scaler is not None else loss).backward()
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
         engine._step(engine.lower_optimizer)
-        engine.lower_step = LowerStep(inputs, targets, before) if needs_lower_step else None
+        if needs_lower_step:  # the step's gradient, unscaled (GradScaler.step unscales p.grad in place)
+            grads = [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in engine.network.lower_parameters()]
+            engine.lower_step = LowerStep(inputs, targets, before, grads)
+        else:
+            engine.lower_step = None
         engine.fire_event(BiLevelEvents.LOWER_COMPLETED)
 
         # upper level: phi <- phi - lr * hypergradient on the next D2 batch
