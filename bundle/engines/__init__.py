@@ -1,5 +1,6 @@
 """Training engines: the bi-level trainer and its hypergradient variants."""
 
+from bundle.engines.batches import GroundTruthPromptBatch
 from bundle.engines.bilevel import BiLevelEvents, BiLevelTrainer, loss_items
 from bundle.engines.hypergradient import (
     ExactHypergradient,
@@ -14,6 +15,7 @@ __all__ = [
     "ExactHypergradient",
     "FiniteDifferenceHypergradient",
     "FirstOrderHypergradient",
+    "GroundTruthPromptBatch",
     "build_hypergradient",
     "loss_items",
 ]

@@ -205,6 +205,9 @@ class BiLevelTrainer(Trainer):
 
 def loss_items(output: dict) -> dict[str, float]:
     """Both levels' losses, the hypergradient norm and the upper step's time from a trainer output,
-    for StatsHandler / TensorBoard ``output_transform``."""
+    for StatsHandler / TensorBoard ``output_transform``; a single-level trainer's (MONAI's
+    ``SupervisedTrainer``, the baselines) gives its one loss."""
     keys = ("lower_loss", "upper_loss", "hypergrad_norm", "upper_seconds")
+    if "lower_loss" not in output:
+        return {"loss": float(output[Keys.LOSS])}
     return {k: output[k] for k in keys}

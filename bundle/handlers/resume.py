@@ -52,8 +52,9 @@ def _numpy_state_from_tensors(state: dict[str, Any]) -> tuple:
     return state["name"], keys, state["pos"], state["has_gauss"], state["cached"]
 
 
-def save_atomically(obj: Any, path: Path) -> None:
+def save_atomically(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)

@@ -135,11 +135,17 @@ class BLOSAM(nn.Module):
                 found[i] = emb
         return torch.stack([f.to(images.device, images.dtype) for f in found])
 
-    def decode(self, embeddings: Tensor) -> Tensor:
-        """Logits B x (C+1) x S x S from image embeddings B x 256 x h x w, with the learnt prompt."""
+    def decode(self, embeddings: Tensor, sparse: Tensor | None = None, dense: Tensor | None = None) -> Tensor:
+        """Logits B x (C+1) x S x S from image embeddings B x 256 x h x w.
+
+        The prompt is the learnt one unless ``sparse`` (B x N x 256) and ``dense`` (B x 256 x h x w)
+        prompt embeddings are given (e.g. from ``prompt_encoder`` for a box, see ``box_prompt.py``).
+        """
         batch = embeddings.shape[0]
-        sparse = embeddings.new_zeros((batch, 0, self.prompt_embedding.shape[1]))
-        dense = self.prompt_embedding.to(embeddings.dtype).reshape(1, -1, 1, 1)
+        if sparse is None:
+            sparse = embeddings.new_zeros((batch, 0, self.prompt_embedding.shape[1]))
+        if dense is None:
+            dense = self.prompt_embedding.to(embeddings.dtype).reshape(1, -1, 1, 1)
         masks = self.mask_decoder.predict_logits(
             embeddings, self.image_pe.to(embeddings.dtype), sparse, dense
         )  # B x C x 4h x 4w

@@ -1,0 +1,19 @@
+"""The paper's few-shot protocol as a grid of bundle runs, with its summary table and figures."""
+
+from bundle.experiments.grid import DATASETS, METHODS, GridSettings, Run, execute, plan_grid, run_grid
+from bundle.experiments.summary import collect, compute_time, load_result, paired_test, summary_table
+
+__all__ = [
+    "DATASETS",
+    "METHODS",
+    "GridSettings",
+    "Run",
+    "collect",
+    "compute_time",
+    "execute",
+    "load_result",
+    "paired_test",
+    "plan_grid",
+    "run_grid",
+    "summary_table",
+]
