@@ -1,69 +1,62 @@
-"""A short real-data run: JSRT 2-shot, seed 0, on the real release in ../shared/data.
+"""A real-data smoke version of the few-shot grid: JSRT 2-shot, one seed, on ../shared/data.
 
-Small enough for CI (a few minutes on 2 cores): 120 iterations, 5 validation images and the
-first 20 cases of the paper's test split, scored at original resolution. The full protocol
-(300 iterations, all 147 test cases) is what the README commands run.
+It runs the experiment script exactly as a user would, with 120 iterations and the first 20 cases
+of the paper's test split, scored at original resolution, and checks that the trained BLO-SAM beats
+the untrained network (the no-prompt baseline) on those images. The full protocol (300 iterations,
+3 seeds, all methods, all test cases) is what ``scripts/fewshot_experiment.py`` runs by default.
 """
 
 from __future__ import annotations
 
+import csv
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from monai.bundle import ConfigParser
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAIN = [str(ROOT / "configs" / f) for f in ("train.json", "datasets/jsrt.json")]
-EVALUATE = [str(ROOT / "configs" / f) for f in ("train.json", "evaluate.json", "datasets/jsrt.json")]
 TEST_CASES = 20
 
 
-def _parser(configs: list[str], real_data: Path, tmp_path: Path, **overrides) -> ConfigParser:
-    parser = ConfigParser()
-    parser.read_config(configs)
-    parser.update(
-        {
-            "bundle_root": str(ROOT),
-            "dataset_dir": str(real_data / "jsrt"),
-            "shots": 2,
-            "seed": 0,
-            "val_size": 5,
-            "iterations": 120,
-            "val_interval": 10,
-            "ckpt_dir": str(tmp_path / "models"),
-            "output_dir": str(tmp_path / "eval"),
-            "embedding_cache_dir": str(tmp_path / "cache"),
-            "validate#data": f"$@split.test[:{TEST_CASES}]",
-            **overrides,
-        }
-    )
-    parser.get_parsed_content("initialize")
-    return parser
+def _dice(run_dir: Path) -> list[float]:
+    with open(run_dir / "eval" / "val_mean_dice_raw.csv") as f:
+        return [float(row["mean"]) for row in csv.DictReader(f)]
 
 
 @pytest.mark.realdata
-def test_jsrt_two_shot_beats_the_untrained_model(real_data, tmp_path):
-    # the untrained model: LoRA at zero and the prompt still SAM's "no mask" embedding
-    untrained = _parser(EVALUATE, real_data, tmp_path, **{"validate#handlers": []})
-    split = untrained.get_parsed_content("split")
-    assert len(split.test) == 147 and len(split.pool) == 100
-    evaluator = untrained.get_parsed_content("validate#evaluator")
-    evaluator.run()
-    untrained_dice = evaluator.state.metrics["val_mean_dice"]
+def test_jsrt_two_shot_grid_beats_the_untrained_model(real_data, tmp_path):
+    out, report = tmp_path / "runs", tmp_path / "fewshot.md"
+    cmd = [sys.executable, str(ROOT / "scripts" / "fewshot_experiment.py"), "--data_root", str(real_data),
+           "--datasets", "jsrt", "--shots", "2", "--seeds", "0", "--methods", "blo-sam", "no-prompt",
+           "--iterations", "120", "--max_test_cases", str(TEST_CASES), "--out", str(out), "--report", str(report)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
-    # train: the held-out validation set picks the iteration whose weights are saved
-    _parser(TRAIN, real_data, tmp_path).get_parsed_content("train#trainer").run()
-    assert (tmp_path / "models" / "model.pt").is_file()
+    trained_dir, untrained_dir = out / "jsrt" / "2shot" / "seed0" / "blo-sam", out / "jsrt" / "no-prompt"
+    trained, untrained = _dice(trained_dir), _dice(untrained_dir)
+    mean = sum(trained) / len(trained)
+    print(f"JSRT 2-shot, 120 iterations, {TEST_CASES} test cases: Dice {mean:.4f} "
+          f"(untrained {sum(untrained) / len(untrained):.4f})")  # fmt: skip
+    assert len(trained) == len(untrained) == TEST_CASES
+    assert sum(untrained) / len(untrained) < 0.3
+    assert mean > 0.75
+    assert sum(t > u for t, u in zip(trained, untrained, strict=True)) == TEST_CASES
 
-    # evaluate the saved model exactly as `run evaluating` does
-    evaluator = _parser(EVALUATE, real_data, tmp_path).get_parsed_content("validate#evaluator")
-    evaluator.run()
-    trained_dice = evaluator.state.metrics["val_mean_dice"]
-    print(
-        f"JSRT 2-shot, 120 iterations, {TEST_CASES} test cases: Dice {trained_dice:.4f} "
-        f"(untrained {untrained_dice:.4f})"
-    )
-    assert untrained_dice < 0.3
-    assert trained_dice > 0.75
-    assert len(list((tmp_path / "eval" / "overlays").glob("*.png"))) == 6
-    assert (tmp_path / "eval" / "val_mean_dice_raw.csv").read_text().count("\n") == TEST_CASES + 1
+    # each run's folder holds what the grid promises, and the report is written from it
+    for run_dir in (trained_dir, untrained_dir):
+        assert json.loads((run_dir / "done.json").read_text())["training_seconds"] > 0
+        assert (run_dir / "config.json").is_file() and (run_dir / "models" / "model.pt").is_file()
+        assert (run_dir / "eval" / "val_hd95_raw.csv").read_text().count("\n") == TEST_CASES + 1
+    assert len(list((trained_dir / "eval" / "overlays").glob("*.png"))) == 6
+    text = report.read_text()
+    assert "| jsrt | 2 | blo-sam | 1 |" in text and "87.1 / 84.4" in text and "Wilcoxon" in text
+    for figure in ("dice_vs_shots_jsrt.png", "training_jsrt_2shot.png", "cases_jsrt_2shot.png"):
+        assert (tmp_path / "fewshot" / figure).stat().st_size > 10_000
+
+    # a second invocation skips the finished runs (their logs and timings stay as they were)
+    stamps = {p: p.stat().st_mtime_ns for d in (trained_dir, untrained_dir) for p in (d / "done.json", d / "train.log")}
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps

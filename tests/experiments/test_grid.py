@@ -1,0 +1,90 @@
+"""The few-shot grid's planning, commands and summary statistics, on synthetic run folders."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import wilcoxon
+
+from bundle.experiments import METHODS, GridSettings, Run, collect, paired_test, plan_grid, summary_table
+from bundle.experiments.grid import merged_config, run_commands
+
+ALL = list(METHODS)
+
+
+def test_grid_is_seed_major_and_runs_unseeded_methods_once_per_data_set():
+    runs = plan_grid(["jsrt", "kvasir"], [0, 1, 2], ALL)
+    unseeded = [r for r in runs if r.seed is None]
+    assert {(r.dataset, r.method) for r in unseeded} == {(d, m) for d in ("jsrt", "kvasir") for m in ("zero-shot", "no-prompt")}
+    assert len(unseeded) == 4 and runs[:4] == unseeded
+    seeded = runs[4:]
+    assert len(seeded) == 3 * (2 + 2) * 4  # seeds x (paper shots per data set) x trained methods
+    assert [r.seed for r in seeded] == sorted(r.seed for r in seeded)  # all of seed 0 before seed 1
+    assert {r.shots for r in seeded if r.dataset == "jsrt"} == {2, 4}
+    assert {r.shots for r in seeded if r.dataset == "kvasir"} == {4, 8}
+    assert len(set(r.folder(Path("/x")) for r in runs)) == len(runs)
+    assert plan_grid(["jsrt"], [0], ["blo-sam"], shots={"jsrt": [8]})[0].shots == 8
+    with pytest.raises(ValueError, match="unknown method"):
+        plan_grid(["jsrt"], [0], ["samed"])
+
+
+def test_run_commands_are_the_bundle_commands_with_the_method_overlays(tmp_path):
+    settings = GridSettings(tmp_path, {"jsrt": "/data/jsrt"}, iterations=50, embedding_cache_dir="/c", max_test_cases=7)
+    joint = run_commands(Run("jsrt", 4, 2, "joint"), settings)
+    train, evaluate = joint["training"], joint["evaluating"]
+    assert [Path(f).name for f in train["files"]] == ["train.json", "jsrt.json", "single_level.json"]
+    assert Path(evaluate["files"][-1]).name == "evaluate.json"
+    assert {k: train["overrides"][k] for k in ("shots", "seed", "iterations", "dataset_dir", "embedding_cache_dir")} == {
+        "shots": 4, "seed": 2, "iterations": 50, "dataset_dir": "/data/jsrt", "embedding_cache_dir": "/c"}  # fmt: skip
+    assert train["overrides"]["ckpt_dir"].startswith(str(tmp_path / "jsrt" / "4shot" / "seed2" / "joint"))
+    assert evaluate["overrides"]["validate#data"] == "$@split.test[:7]"
+    zero = run_commands(Run("jsrt", None, None, "zero-shot"), settings)
+    assert "seed" not in zero["training"]["overrides"]
+    assert Path(zero["evaluating"]["files"][-1]).name == "box_prompt.json"
+    second = run_commands(Run("jsrt", 2, 0, "blo-sam-2nd"), settings)
+    assert second["training"]["overrides"]["hypergradient"] == "finite_difference"
+    merged = merged_config(**second["training"])
+    assert merged["hypergradient"] == "finite_difference" and merged["class_names"] == ["lung"]
+
+
+def _fake_run(root: Path, run: Run, dice: list[float], hd: list[float]) -> None:
+    folder = run.folder(root)
+    (folder / "eval").mkdir(parents=True)
+    for name, values in (("val_mean_dice", dice), ("val_hd95", hd)):
+        with open(folder / "eval" / f"{name}_raw.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["filename", "class0", "mean"])
+            w.writerows([[f"case{i}.png", v, v] for i, v in enumerate(values)])
+    (folder / "done.json").write_text(json.dumps({"training_seconds": 10.0, "evaluating_seconds": 5.0}))
+
+
+def test_summary_reports_mean_and_std_over_seeds_and_a_paired_wilcoxon_test(tmp_path):
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.6, 0.9, size=12)
+    runs = plan_grid(["jsrt"], [0, 1, 2], ["blo-sam", "joint", "no-prompt"], shots={"jsrt": [2]})
+    for run in runs:
+        if run.method == "no-prompt":
+            _fake_run(tmp_path, run, [0.0] * 12, [math.nan] * 12)
+        else:
+            shift = 0.05 * run.seed + (0.0 if run.method == "blo-sam" else -0.04)
+            _fake_run(tmp_path, run, list(base + shift + rng.normal(0, 0.01, 12)), [10.0 + run.seed] * 12)
+    results = collect(runs + [Run("jsrt", 2, 5, "blo-sam")], tmp_path)  # an unfinished run is left out
+    assert len(results) == 7
+    table = summary_table(results)
+    blo = [r for r in results if r.run.method == "blo-sam"]
+    means = [100 * r.mean_dice for r in blo]
+    assert f"| jsrt | 2 | blo-sam | 3 | {np.mean(means):.1f} ± {np.std(means, ddof=1):.1f} | 11.0 ± 1.0 | 0/36 | 87.1 / 84.4 |" in table
+    assert "| jsrt | 2 | no-prompt | - | 0.0 | - | 12/12 |" in table  # one run: no training data
+
+    joint = [r for r in results if r.run.method == "joint"]
+    median, p, pairs = paired_test(blo, joint)
+    diffs = [b.dice[c] - j.dice[c] for b, j in zip(sorted(blo, key=lambda r: r.run.seed), sorted(joint, key=lambda r: r.run.seed), strict=True) for c in b.dice]
+    assert pairs == 36 and median == pytest.approx(np.median(diffs)) and p == pytest.approx(wilcoxon(diffs).pvalue)
+    assert median > 0.03 and p < 1e-3
+    # the unseeded baseline is paired with every seed's cases
+    assert paired_test(blo, [r for r in results if r.run.method == "no-prompt"])[2] == 36
