@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -70,6 +72,10 @@ class BLOSAM(nn.Module):
         # SAM's dense positional encoding of the embedding grid is a constant of the frozen prompt
         # encoder: computed once (SAM builds it in float32 at every call, which also breaks float64)
         self.register_buffer("image_pe", self.prompt_encoder.get_dense_pe().detach(), persistent=False)
+        # ... and it derives from the prompt encoder's (persistent) random Fourier matrix: recompute
+        # it whenever weights are loaded, or a network built with pretrained=False keeps the
+        # encoding of its random initial matrix instead of the checkpoint's
+        self.register_load_state_dict_post_hook(BLOSAM._refresh_image_pe)
         self.embedding_cache = embedding_cache
         self._encoder_id: str | None = None
         self.image_encoder.eval()
@@ -104,6 +110,13 @@ class BLOSAM(nn.Module):
         super().train(mode)
         self.image_encoder.eval()  # frozen BatchNorm statistics must never move
         return self
+
+    @staticmethod
+    def _refresh_image_pe(module: BLOSAM, _incompatible_keys) -> None:
+        encoder = module.prompt_encoder
+        with torch.no_grad():  # SAM's layer builds its grid in float32: evaluate a float32 copy
+            pe = copy.deepcopy(encoder.pe_layer).float()(encoder.image_embedding_size).unsqueeze(0)
+            module.image_pe = pe.to(module.image_pe.device, module.image_pe.dtype)
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         self._encoder_id = None  # new encoder weights invalidate cached embeddings

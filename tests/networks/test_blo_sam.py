@@ -144,3 +144,20 @@ def test_wrong_image_shape_is_a_clear_error(tiny_net):
 
     with pytest.raises(ValueError, match="expects images"):
         tiny_net(torch.randn(1, 3, 128, 128))
+
+
+def test_a_network_built_without_weights_matches_the_one_it_loads_from():
+    # the dense positional encoding derives from the prompt encoder's random Fourier matrix, which a
+    # checkpoint replaces: inference (pretrained=False + model.pt) must equal the trained network
+    import torch
+
+    from bundle.networks import BLOSAM
+
+    torch.manual_seed(0)
+    trained = BLOSAM("sam_tiny").eval()
+    torch.manual_seed(1)
+    loaded = BLOSAM("sam_tiny", pretrained=False).eval()
+    loaded.load_state_dict(trained.state_dict())
+    x = torch.rand(1, 3, trained.input_size, trained.input_size)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), trained(x))

@@ -1,0 +1,232 @@
+"""Export a trained task as a self-contained MONAI bundle: configs, weights, TorchScript, ONNX, zip.
+
+MONAI Label and the Model Zoo read ``configs/inference.json`` alone (no override files), so a
+trained task (say Kvasir-SEG, 4 shots) gets its own folder: the ``bundle`` package, an inference
+config with the task's settings merged in, metadata with its labels and measured Dice, its
+``model.pt``, a model card, and the exports. The exports run with the bundle's own commands in
+that folder (``ckpt_export``, ``onnx_export``), which also shows the folder is self-contained.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PROJECT = Path(__file__).resolve().parents[1]
+# inference.json keys a training config may set for its task (paths and devices are not carried)
+TASK_KEYS = ("backbone", "backbone_checkpoint", "input_size", "lora_rank", "class_names")
+
+
+@dataclass
+class ExportReport:
+    """What an export produced and how closely the exports match PyTorch."""
+
+    folder: Path
+    zip_file: Path | None
+    torchscript_max_abs_diff: float | None
+    onnx_max_abs_diff: float | None
+
+    def as_dict(self) -> dict:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()}
+
+
+def _run(args: list[str], cwd: Path) -> str:
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    env["PYTHONPATH"] = os.pathsep.join([str(cwd), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode:
+        raise RuntimeError(f"`{' '.join(args[:4])} ...` failed in {cwd}:\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return proc.stdout + proc.stderr
+
+
+def task_settings(config_files: list[str], overrides: dict | None = None) -> dict:
+    """The task's values of :data:`TASK_KEYS` from its training configs (unresolved, as written)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(config_files)
+    for key, value in (overrides or {}).items():
+        parser[key] = value
+    return {k: parser[k] for k in TASK_KEYS if k in parser}
+
+
+def measured_dice(eval_dir: str | Path) -> dict[str, float]:
+    """Mean and std of the per-case Dice in an evaluation folder (``val_mean_dice_raw.csv``)."""
+    with open(Path(eval_dir) / "val_mean_dice_raw.csv") as f:
+        values = [float(row["mean"]) for row in csv.DictReader(f)]
+    return {"test_mean_dice": round(float(np.mean(values)), 4), "test_std_dice": round(float(np.std(values)), 4),
+            "test_cases": len(values)}  # fmt: skip
+
+
+def _metadata(settings: dict, name: str, metrics: dict, input_size: int) -> dict:
+    meta = json.loads((PROJECT / "configs" / "metadata.json").read_text())
+    classes = settings.get("class_names", ["foreground"])
+    meta["name"] = f"BLO-SAM {name}"
+    meta["task"] = f"Prompt-free 2D segmentation of {', '.join(classes)} (BLO-SAM few-shot task {name})"
+    meta["label_classes"] = "single channel of class indices: 0 background, " + ", ".join(
+        f"{i} {c}" for i, c in enumerate(classes, 1))
+    meta["pred_classes"] = f"{len(classes) + 1} channels: background, " + ", ".join(classes)
+    meta["eval_metrics"] = {k: v for k, v in metrics.items() if k != "test_cases"} or meta["eval_metrics"]
+    fmt = meta["network_data_format"]
+    fmt["inputs"]["image"]["spatial_shape"] = [input_size, input_size]
+    out = fmt["outputs"]["pred"]
+    out["num_channels"] = len(classes) + 1
+    out["spatial_shape"] = [input_size, input_size]
+    out["channel_def"] = {"0": "background", **{str(i): c for i, c in enumerate(classes, 1)}}
+    return meta
+
+
+def _model_card(name: str, settings: dict, metrics: dict, source: str) -> str:
+    classes = ", ".join(settings.get("class_names", ["foreground"]))
+    dice = (f"{metrics['test_mean_dice']:.3f} ± {metrics['test_std_dice']:.3f} over {metrics['test_cases']} "
+            "test cases, at original resolution") if metrics else "not measured"  # fmt: skip
+    generic = (PROJECT / "docs" / "README.md").read_text()
+    return f"""# BLO-SAM task bundle: {name}
+
+A trained, self-contained BLO-SAM model (MONAI bundle) segmenting **{classes}** without any prompt.
+It was exported from the BLO-SAM few-shot bundle by `scripts/export.py`; the general model card
+follows below.
+
+## This task
+- Trained with: `{source}`
+- Backbone: `{settings.get('backbone', 'litemedsam')}`
+- Measured Dice: **{dice}**
+- Labels: 0 background, {", ".join(f"{i} {c}" for i, c in enumerate(settings.get("class_names", ["foreground"]), 1))}
+
+## Commands (run in this folder)
+- Segment a folder of images: `python -m monai.bundle run --config_file configs/inference.json --input_dir <images> --output_dir <masks>`
+- TorchScript: `python -m monai.bundle ckpt_export network_def --filepath models/model.ts --ckpt_file models/model.pt --meta_file configs/metadata.json --config_file configs/inference.json --use_trace True --input_shape "[1, 3, S, S]"`
+- MONAI Label: copy this folder to `<app>/model/<name>` of the `monaibundle` app (see `docs/monailabel.md` in the source project).
+
+---
+
+{generic}"""
+
+
+def export_task(
+    ckpt: str | Path,
+    config_files: list[str],
+    name: str,
+    out_dir: str | Path,
+    overrides: dict | None = None,
+    eval_dir: str | Path | None = None,
+    torchscript: bool = True,
+    onnx: bool = True,
+    make_zip: bool = True,
+) -> ExportReport:
+    """Write the self-contained bundle folder ``out_dir/name`` (and ``out_dir/name.zip``).
+
+    Args:
+        ckpt: the trained ``model.pt``.
+        config_files: the training config files of the task (e.g. train.json + datasets/kvasir.json).
+        name: task name, the folder name (and MONAI Label's model name).
+        out_dir: where the folder goes.
+        overrides: command-line overrides the task was trained with (e.g. ``{"backbone": "vit_b"}``).
+        eval_dir: the task's evaluation folder; its measured Dice goes into metadata and model card.
+        torchscript, onnx: export ``models/model.ts`` / ``models/model.onnx`` and check them against PyTorch.
+        make_zip: zip the folder for upload, without the exports and the files in large_files.yml.
+    """
+    ckpt = Path(ckpt)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"Checkpoint {ckpt} not found: train the task first.")
+    settings = task_settings(config_files, overrides)
+    dest = Path(out_dir) / name
+    if dest.exists():
+        shutil.rmtree(dest)
+    (dest / "configs").mkdir(parents=True)
+    (dest / "models").mkdir()
+    (dest / "docs").mkdir()
+    shutil.copytree(PROJECT / "bundle", dest / "bundle",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "sample_data"))  # fmt: skip
+    for rel in ("LICENSE", "docs/data_license.txt", "configs/logging.conf", "models/large_files.yml"):
+        shutil.copy(PROJECT / rel, dest / rel)
+    shutil.copy(ckpt, dest / "models" / "model.pt")
+
+    inference = json.loads((PROJECT / "configs" / "inference.json").read_text())
+    inference.update(settings)
+    inference["input_dir"] = "$@bundle_root + '/sample'"
+    (dest / "configs" / "inference.json").write_text(json.dumps(inference, indent=4) + "\n")
+
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(dest / "configs" / "inference.json"))
+    input_size = int(parser.get_parsed_content("input_size"))
+    metrics = measured_dice(eval_dir) if eval_dir else {}
+    (dest / "configs" / "metadata.json").write_text(json.dumps(_metadata(settings, name, metrics, input_size), indent=4) + "\n")
+    source = " ".join(["--config_file", json.dumps([Path(f).name for f in config_files])]
+                      + [f"--{k} {v}" for k, v in (overrides or {}).items()])  # fmt: skip
+    (dest / "docs" / "README.md").write_text(_model_card(name, settings, metrics, source))
+
+    shape = json.dumps([1, 3, input_size, input_size])
+    common = ["--ckpt_file", "models/model.pt", "--meta_file", "configs/metadata.json",
+              "--config_file", "configs/inference.json", "--input_shape", shape]  # fmt: skip
+    ts_diff = onnx_diff = None
+    if torchscript:
+        _run(["-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", "models/model.ts",
+              "--use_trace", "True", *common], dest)  # fmt: skip
+    if onnx:
+        _run(["-m", "monai.bundle", "onnx_export", "network_def", "--filepath", "models/model.onnx",
+              "--use_trace", "True", "--use_ort", "False", *common], dest)  # fmt: skip
+    if torchscript or onnx:
+        ts_diff, onnx_diff = export_parity(dest, input_size, torchscript, onnx)
+
+    zip_file = None
+    if make_zip:
+        zip_file = Path(out_dir) / f"{name}.zip"
+        large = {"models/model.ts", "models/model.onnx"} | _large_files(dest)
+        tmp = zip_file.with_suffix(".zip.tmp")
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+            for path in sorted(dest.rglob("*")):
+                rel = path.relative_to(dest).as_posix()
+                if path.is_file() and rel not in large:
+                    zf.write(path, f"{name}/{rel}")
+        os.replace(tmp, zip_file)
+    report = ExportReport(dest, zip_file, ts_diff, onnx_diff)
+    (dest / "models" / "export_report.json").write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+    return report
+
+
+def _large_files(folder: Path) -> set[str]:
+    import yaml
+
+    listed = yaml.safe_load((folder / "models" / "large_files.yml").read_text()) or {}
+    return {str(item["path"]) for item in listed.get("large_files", [])}
+
+
+@torch.no_grad()
+def export_parity(folder: Path, input_size: int, torchscript: bool = True, onnx: bool = True) -> tuple[float | None, float | None]:
+    """Max absolute logit difference of the TorchScript and ONNX (onnxruntime) exports against the
+    PyTorch network on a fixed random image."""
+    from monai.bundle import ConfigParser
+
+    sys.path.insert(0, str(folder))
+    parser = ConfigParser()
+    parser.read_config(str(folder / "configs" / "inference.json"))
+    parser["device"] = "$torch.device('cpu')"
+    net = parser.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(folder / "models" / "model.pt", map_location="cpu", weights_only=True))
+    net.eval()
+    image = torch.rand(1, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
+    reference = net(image)
+    ts_diff = onnx_diff = None
+    if torchscript:
+        scripted = torch.jit.load(str(folder / "models" / "model.ts"), map_location="cpu")
+        ts_diff = float((scripted(image) - reference).abs().max())
+    if onnx:
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(folder / "models" / "model.onnx"), providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: image.numpy()}
+        onnx_diff = float(np.abs(session.run(None, feed)[0] - reference.numpy()).max())
+    return ts_diff, onnx_diff
