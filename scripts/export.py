@@ -1,0 +1,53 @@
+"""Export a trained task as a self-contained MONAI bundle folder (+ TorchScript, ONNX and a zip).
+
+    python scripts/export.py --name kvasir_4shot --ckpt models/model.pt \\
+        --config_file configs/train.json configs/datasets/kvasir.json --eval_dir eval --out dist
+
+writes ``dist/kvasir_4shot/`` (the ``bundle`` package, ``configs/inference.json`` with the task's
+settings merged in, ``configs/metadata.json`` with its labels and measured Dice, ``models/model.pt``,
+``models/model.ts``, ``models/model.onnx``, ``docs/README.md``, LICENSE) and ``dist/kvasir_4shot.zip``
+(the folder without the exports and the large files, ready to upload). It prints the TorchScript
+and ONNX (onnxruntime) outputs' largest absolute difference from PyTorch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bundle.export import export_task  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--name", required=True, help="task name: the folder and MONAI Label model name")
+    parser.add_argument("--ckpt", default="models/model.pt", help="the trained model.pt")
+    parser.add_argument("--config_file", nargs="+", default=["configs/train.json"],
+                        help="the config files the task was trained with")  # fmt: skip
+    parser.add_argument("--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                        help="an override the task was trained with, e.g. --set backbone vit_b")  # fmt: skip
+    parser.add_argument("--eval_dir", help="the task's evaluation folder (its Dice goes into metadata)")
+    parser.add_argument("--out", default="dist")
+    parser.add_argument("--no_torchscript", action="store_true")
+    parser.add_argument("--no_onnx", action="store_true")
+    parser.add_argument("--no_zip", action="store_true")
+    args = parser.parse_args()
+
+    overrides = {}
+    for key, value in args.set:
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    report = export_task(args.ckpt, args.config_file, args.name, args.out, overrides=overrides,
+                         eval_dir=args.eval_dir, torchscript=not args.no_torchscript, onnx=not args.no_onnx,
+                         make_zip=not args.no_zip)  # fmt: skip
+    print(json.dumps(report.as_dict(), indent=2))
+
+
+if __name__ == "__main__":
+    main()

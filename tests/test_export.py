@@ -1,0 +1,68 @@
+"""Exporting a trained task: a self-contained bundle folder, TorchScript and ONNX parity, the zip."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from bundle.export import export_task
+from bundle.networks import BLOSAM
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "tests" / "fixtures" / "meta_schema_20240725.json"
+
+
+def test_export_writes_a_self_contained_task_bundle_with_matching_exports(tmp_path):
+    torch.manual_seed(0)
+    net = BLOSAM("sam_tiny", num_classes=1)
+    with torch.no_grad():  # a "trained" model: LoRA and prompt away from their initial values
+        for p in net.lower_parameters() + net.upper_parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    torch.save(net.state_dict(), tmp_path / "model.pt")
+    eval_dir = tmp_path / "eval"
+    eval_dir.mkdir()
+    (eval_dir / "val_mean_dice_raw.csv").write_text("filename,class0,mean\na.png,0.8,0.8\nb.png,0.6,0.6\n")
+
+    configs = [str(ROOT / "configs" / "train.json"), str(ROOT / "configs" / "datasets" / "kvasir.json")]
+    report = export_task(tmp_path / "model.pt", configs, "polyp_task", tmp_path / "dist",
+                         overrides={"backbone": "sam_tiny"}, eval_dir=eval_dir)  # fmt: skip
+    print(f"TorchScript max |diff| {report.torchscript_max_abs_diff:.2e}, ONNX (onnxruntime) {report.onnx_max_abs_diff:.2e}")
+    assert report.torchscript_max_abs_diff <= 1e-5 and report.onnx_max_abs_diff <= 1e-4
+
+    task = tmp_path / "dist" / "polyp_task"
+    inference = json.loads((task / "configs" / "inference.json").read_text())
+    assert inference["backbone"] == "sam_tiny" and inference["class_names"] == ["polyp"]
+    meta = json.loads((task / "configs" / "metadata.json").read_text())
+    assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "polyp"}
+    assert meta["eval_metrics"]["test_mean_dice"] == 0.7
+    assert "0.700 ± 0.100 over 2 test cases" in (task / "docs" / "README.md").read_text()
+    for rel in ("LICENSE", "docs/data_license.txt", "models/large_files.yml", "bundle/networks/blo_sam.py"):
+        assert (task / rel).is_file(), rel
+    assert not (task / "bundle" / "sample_data").exists()
+
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    schema = tmp_path / SCHEMA.name
+    shutil.copy(SCHEMA, schema)
+    # the folder works on its own: metadata verifies, and inference runs from inside it
+    for args in (["verify_metadata", "--meta_file", "configs/metadata.json", "--filepath", str(schema)],
+                 ["run", "--config_file", "configs/inference.json", "--input_dir", str(ROOT / "bundle" / "sample_data" / "kvasir" / "images"),
+                  "--output_dir", str(tmp_path / "masks")]):  # fmt: skip
+        proc = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=task, env=env,
+                              capture_output=True, text=True, check=False)  # fmt: skip
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    masks = sorted((tmp_path / "masks").glob("*.png"))
+    assert len(masks) == 16 and set(np.unique(np.asarray(Image.open(masks[0])))) <= {0, 1}
+
+    with zipfile.ZipFile(report.zip_file) as zf:
+        names = set(zf.namelist())
+    assert "polyp_task/configs/inference.json" in names and "polyp_task/models/model.pt" in names
+    assert not {"polyp_task/models/model.ts", "polyp_task/models/model.onnx"} & names
