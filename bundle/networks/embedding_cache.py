@@ -9,6 +9,7 @@ normalisation and any augmentation are part of it) together with a digest of the
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 from collections import OrderedDict
@@ -16,6 +17,9 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+
+
+logger = logging.getLogger(__name__)
 
 
 class EmbeddingCache:
@@ -51,7 +55,8 @@ class EmbeddingCache:
         if path is not None and path.is_file():
             try:
                 value = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception:  # a damaged entry is recomputed, never trusted
+            except Exception as err:  # a damaged entry is recomputed, never trusted
+                logger.warning(f"embedding cache: dropping unreadable entry {path} ({type(err).__name__}: {err})")
                 path.unlink(missing_ok=True)
             else:
                 self._remember(key, value)
@@ -63,6 +68,10 @@ class EmbeddingCache:
     def put(self, key: str, value: Tensor) -> None:
         """Store one embedding (memory, and disk atomically: temp file then rename)."""
         value = value.detach().to("cpu").contiguous()
+        # a MONAI MetaTensor (what MONAI data loaders yield, and so what the encoder returns for
+        # them) would be pickled with its metadata, which torch.load(weights_only=True) refuses:
+        # store the plain tensor
+        value = value.as_tensor() if hasattr(value, "as_tensor") else value
         self._remember(key, value)
         path = self._path(key)
         if path is None or path.is_file():

@@ -161,3 +161,25 @@ def test_a_network_built_without_weights_matches_the_one_it_loads_from():
     x = torch.rand(1, 3, trained.input_size, trained.input_size)
     with torch.no_grad():
         assert torch.equal(loaded(x), trained(x))
+
+
+def test_disk_cache_serves_meta_tensor_inputs_to_a_new_process(tmp_path):
+    # MONAI data loaders yield MetaTensors; their embeddings must load in a later run (a fresh
+    # cache object reading the same folder) instead of being dropped and recomputed every time
+    import torch
+    from monai.data import MetaTensor
+
+    from bundle.networks import BLOSAM, EmbeddingCache
+
+    torch.manual_seed(0)
+    net = BLOSAM("sam_tiny", embedding_cache=EmbeddingCache(tmp_path)).eval()
+    images = MetaTensor(torch.rand(2, 3, net.input_size, net.input_size), meta={"filename_or_obj": "x.png"})
+    with torch.no_grad():
+        first = net(images)
+    later = EmbeddingCache(tmp_path)
+    net.embedding_cache = later
+    with torch.no_grad():
+        again = net(images)
+    assert later.hits == 2 and later.misses == 0
+    assert torch.equal(torch.as_tensor(first), torch.as_tensor(again))
+    assert len(list(tmp_path.rglob("*.pt"))) == 2
