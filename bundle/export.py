@@ -43,9 +43,13 @@ class ExportReport:
 def _run(args: list[str], cwd: Path) -> str:
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     env["PYTHONPATH"] = os.pathsep.join([str(cwd), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, check=False
+    )
     if proc.returncode:
-        raise RuntimeError(f"`{' '.join(args[:4])} ...` failed in {cwd}:\n{(proc.stdout + proc.stderr)[-3000:]}")
+        raise RuntimeError(
+            f"`{' '.join(args[:4])} ...` failed in {cwd}:\n{(proc.stdout + proc.stderr)[-3000:]}"
+        )
     return proc.stdout + proc.stderr
 
 
@@ -64,8 +68,11 @@ def measured_dice(eval_dir: str | Path) -> dict[str, float]:
     """Mean and std of the per-case Dice in an evaluation folder (``val_mean_dice_raw.csv``)."""
     with open(Path(eval_dir) / "val_mean_dice_raw.csv") as f:
         values = [float(row["mean"]) for row in csv.DictReader(f)]
-    return {"test_mean_dice": round(float(np.mean(values)), 4), "test_std_dice": round(float(np.std(values)), 4),
-            "test_cases": len(values)}  # fmt: skip
+    return {
+        "test_mean_dice": round(float(np.mean(values)), 4),
+        "test_std_dice": round(float(np.std(values)), 4),
+        "test_cases": len(values),
+    }
 
 
 def _metadata(settings: dict, name: str, metrics: dict, input_size: int) -> dict:
@@ -74,7 +81,8 @@ def _metadata(settings: dict, name: str, metrics: dict, input_size: int) -> dict
     meta["name"] = f"BLO-SAM {name}"
     meta["task"] = f"Prompt-free 2D segmentation of {', '.join(classes)} (BLO-SAM few-shot task {name})"
     meta["label_classes"] = "single channel of class indices: 0 background, " + ", ".join(
-        f"{i} {c}" for i, c in enumerate(classes, 1))
+        f"{i} {c}" for i, c in enumerate(classes, 1)
+    )
     meta["pred_classes"] = f"{len(classes) + 1} channels: background, " + ", ".join(classes)
     meta["eval_metrics"] = {k: v for k, v in metrics.items() if k != "test_cases"} or meta["eval_metrics"]
     fmt = meta["network_data_format"]
@@ -99,7 +107,7 @@ follows below.
 
 ## This task
 - Trained with: `{source}`
-- Backbone: `{settings.get('backbone', 'litemedsam')}`
+- Backbone: `{settings.get("backbone", "litemedsam")}`
 - Measured Dice: **{dice}**
 - Labels: 0 background, {", ".join(f"{i} {c}" for i, c in enumerate(settings.get("class_names", ["foreground"]), 1))}
 
@@ -163,7 +171,9 @@ def export_task(
     parser.read_config(str(dest / "configs" / "inference.json"))
     input_size = int(parser.get_parsed_content("input_size"))
     metrics = measured_dice(eval_dir) if eval_dir else {}
-    (dest / "configs" / "metadata.json").write_text(json.dumps(_metadata(settings, name, metrics, input_size), indent=4) + "\n")
+    (dest / "configs" / "metadata.json").write_text(
+        json.dumps(_metadata(settings, name, metrics, input_size), indent=4) + "\n"
+    )
     source = " ".join(["--config_file", json.dumps([Path(f).name for f in config_files])]
                       + [f"--{k} {v}" for k, v in (overrides or {}).items()])  # fmt: skip
     (dest / "docs" / "README.md").write_text(_model_card(name, settings, metrics, source))
@@ -205,7 +215,9 @@ def _large_files(folder: Path) -> set[str]:
 
 
 @torch.no_grad()
-def export_parity(folder: Path, input_size: int, torchscript: bool = True, onnx: bool = True) -> tuple[float | None, float | None]:
+def export_parity(
+    folder: Path, input_size: int, torchscript: bool = True, onnx: bool = True
+) -> tuple[float | None, float | None]:
     """Max absolute logit difference of the TorchScript and ONNX (onnxruntime) exports against the
     PyTorch network on a fixed random image."""
     from monai.bundle import ConfigParser
@@ -226,7 +238,9 @@ def export_parity(folder: Path, input_size: int, torchscript: bool = True, onnx:
     if onnx:
         import onnxruntime
 
-        session = onnxruntime.InferenceSession(str(folder / "models" / "model.onnx"), providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(
+            str(folder / "models" / "model.onnx"), providers=["CPUExecutionProvider"]
+        )
         feed = {session.get_inputs()[0].name: image.numpy()}
         onnx_diff = float(np.abs(session.run(None, feed)[0] - reference.numpy()).max())
     return ts_diff, onnx_diff

@@ -23,7 +23,9 @@ from bundle.export import export_task  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--name", required=True, help="task name: the folder and MONAI Label model name")
     parser.add_argument("--ckpt", default="models/model.pt", help="the trained model.pt")
     parser.add_argument("--config_file", nargs="+", default=["configs/train.json"],

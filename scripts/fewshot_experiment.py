@@ -18,8 +18,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bundle.experiments import DATASETS, METHODS, GridSettings, collect, compute_time, plan_grid, run_grid, summary_table  # noqa: E402
-from bundle.experiments import figures  # noqa: E402
+from bundle.experiments import (  # noqa: E402
+    DATASETS,
+    METHODS,
+    GridSettings,
+    collect,
+    compute_time,
+    figures,  # noqa: E402
+    plan_grid,
+    run_grid,
+    summary_table,
+)
 
 FOLDERS = {"jsrt": "jsrt", "kvasir": "kvasir-seg"}  # sub-folders of --data_root
 
@@ -37,8 +46,10 @@ def write_report(runs, settings: GridSettings, report: Path, iterations: int) ->
         "the best iteration by Dice on a 10-image validation set drawn from the training pool (never the "
         "test set). Test: the paper's splits (last 147 JSRT ids, last 500 Kvasir-SEG ids); Dice and HD95 at "
         "each image's original resolution. A cell is the mean ± std over seeds of the per-run mean Dice. "
-        "HD95 (pixels) is averaged over cases with a non-empty prediction; 'empty predictions' counts the others. "
-        "The paired test compares BLO-SAM (first order) with each method on the same (seed, test case) pairs.",
+        "HD95 (pixels) is averaged over cases with a non-empty prediction; "
+        "'empty predictions' counts the others. "
+        "The paired test compares BLO-SAM (first order) with each method on the same "
+        "(seed, test case) pairs.",
         "",
         "Methods: " + "; ".join(f"`{m.name}`: {m.description}" for m in METHODS.values()) + ".",
         "",
@@ -68,10 +79,14 @@ def write_report(runs, settings: GridSettings, report: Path, iterations: int) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data_root", default="../shared/data", help="folder with jsrt/ and kvasir-seg/")
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
-    parser.add_argument("--shots", nargs="+", type=int, help="shots for every data set (default: the paper's)")
+    parser.add_argument(
+        "--shots", nargs="+", type=int, help="shots for every data set (default: the paper's)"
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--iterations", type=int, default=300)

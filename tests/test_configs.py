@@ -68,12 +68,16 @@ def test_single_level_baselines_train_on_d1_and_d2_with_the_same_images_per_iter
     parser.read_config([str(ROOT / "configs" / f) for f in ("train.json", *spec.train_files)])
     parser.update({"bundle_root": str(ROOT), **spec.overrides})
     split = parser.get_parsed_content("split")
-    assert _ids(parser.get_parsed_content("train#lower_dataset").data) == _ids(split.lower) | _ids(split.upper)
+    assert _ids(parser.get_parsed_content("train#lower_dataset").data) == _ids(split.lower) | _ids(
+        split.upper
+    )
     loader = parser.get_parsed_content("train#lower_dataloader")
     bilevel_batches = min(2, len(split.lower)) + min(2, len(split.upper))
     assert loader.batch_size == bilevel_batches and loader.sampler.size == len(split.lower) + len(split.upper)
     network = parser.get_parsed_content("network")
-    optimised = {id(p) for group in parser.get_parsed_content("lower_optimizer").param_groups for p in group["params"]}
+    optimised = {
+        id(p) for group in parser.get_parsed_content("lower_optimizer").param_groups for p in group["params"]
+    }
     assert {id(p) for p in network.lower_parameters()} <= optimised
     assert (id(network.prompt_embedding) in optimised) == (method == "joint")
     assert isinstance(parser.get_parsed_content("train#trainer"), SupervisedTrainer)

@@ -35,7 +35,9 @@ def test_export_writes_a_self_contained_task_bundle_with_matching_exports(tmp_pa
     configs = [str(ROOT / "configs" / "train.json"), str(ROOT / "configs" / "datasets" / "kvasir.json")]
     report = export_task(tmp_path / "model.pt", configs, "polyp_task", tmp_path / "dist",
                          overrides={"backbone": "sam_tiny"}, eval_dir=eval_dir)  # fmt: skip
-    print(f"TorchScript max |diff| {report.torchscript_max_abs_diff:.2e}, ONNX (onnxruntime) {report.onnx_max_abs_diff:.2e}")
+    print(
+        f"TorchScript max |diff| {report.torchscript_max_abs_diff:.2e}, ONNX (onnxruntime) {report.onnx_max_abs_diff:.2e}"
+    )
     assert report.torchscript_max_abs_diff <= 1e-5 and report.onnx_max_abs_diff <= 1e-4
 
     task = tmp_path / "dist" / "polyp_task"

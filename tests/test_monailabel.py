@@ -1,7 +1,8 @@
 """End to end with the real MONAI Label server: an exported task bundle as a `monaibundle` model.
 
 Starts ``monailabel start_server`` (through ``scripts/monailabel_app.sh``) on 127.0.0.1 with a
-bundle trained on the shipped JSRT sample (lungs, 4 shots, 40 iterations), asks ``GET /info/`` until our model and its label are
+bundle trained on the shipped JSRT sample (lungs, 4 shots, 40 iterations), asks ``GET /info/``
+until our model and its label are
 listed, segments a study with ``POST /infer/<model>?image=<id>&output=image`` and checks the mask:
 the image's size, labels {0, 1}, Dice against the ground truth, and the same mask as our own
 inference command gives. The server runs in its own process group, is killed however the test
@@ -39,7 +40,9 @@ CONFIGS = ["configs/train.json", "configs/datasets/jsrt.json"]
 
 def _run(*args: str) -> None:
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, check=False
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
 
 
@@ -61,7 +64,10 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.mark.slow
 def test_monailabel_server_segments_a_study_with_the_exported_bundle(tmp_path):
     if not MONAILABEL_PYTHON.is_file():
-        pytest.skip(f"MONAI Label environment not found at {MONAILABEL_PYTHON} (set MONAILABEL_PYTHON; docs/monailabel.md)")
+        pytest.skip(
+            f"MONAI Label environment not found at {MONAILABEL_PYTHON} "
+            "(set MONAILABEL_PYTHON; docs/monailabel.md)"
+        )
     # a small trained task bundle
     _run("-m", "monai.bundle", "run", "training", "--config_file", json.dumps(CONFIGS),
          "--dataset_dir", str(SAMPLE), "--test_size", "6", "--val_size", "4", "--shots", "4",
@@ -109,7 +115,9 @@ def test_monailabel_server_segments_a_study_with_the_exported_bundle(tmp_path):
         query = urllib.parse.urlencode({"image": image_id, "output": "image"})
         body = urllib.parse.urlencode({"params": json.dumps({"result_extension": ".png"})}).encode()
         start = time.time()
-        with urllib.request.urlopen(urllib.request.Request(f"{base}/infer/{MODEL}?{query}", data=body), timeout=600) as r:
+        with urllib.request.urlopen(
+            urllib.request.Request(f"{base}/infer/{MODEL}?{query}", data=body), timeout=600
+        ) as r:
             payload, content_type = r.read(), r.headers.get("content-type")
         seconds = time.time() - start
         mask_file = tmp_path / "monailabel_mask.png"

@@ -9,8 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 # MONAI's bundle metadata schema (Apache-2.0), the file `schema` in metadata.json points to: a copy
 # so the check runs offline (verify_metadata skips the download when the file exists)

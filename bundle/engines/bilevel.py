@@ -174,7 +174,10 @@ class BiLevelTrainer(Trainer):
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
         engine._step(engine.lower_optimizer)
         if needs_lower_step:  # the step's gradient, unscaled (GradScaler.step unscales p.grad in place)
-            grads = [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in engine.network.lower_parameters()]
+            grads = [
+                torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
+                for p in engine.network.lower_parameters()
+            ]
             engine.lower_step = LowerStep(inputs, targets, before, grads)
         else:
             engine.lower_step = None

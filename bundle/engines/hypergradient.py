@@ -55,7 +55,9 @@ class LowerStep:
     grads: list[Tensor]
 
 
-def lower_step_scale(optimizer: torch.optim.Optimizer, params: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
+def lower_step_scale(
+    optimizer: torch.optim.Optimizer, params: list[Tensor], grads: list[Tensor]
+) -> list[Tensor]:
     """``D = dW'/dg`` of the optimiser's last step, per element, at the gradient ``grads`` it used
     (see the module docstring)."""
     scales = []
@@ -73,7 +75,10 @@ def lower_step_scale(optimizer: torch.optim.Optimizer, params: list[Tensor], gra
         v_hat = state["exp_avg_sq"] / (1 - beta2**step)
         s = v_hat.sqrt()
         safe_s = torch.where(s > 0, s, torch.ones_like(s))
-        d = lr * ((1 - beta1) / (1 - beta1**step) / (s + eps) - m_hat * (1 - beta2) * g.to(s.dtype) / ((1 - beta2**step) * safe_s * (s + eps) ** 2))
+        d = lr * (
+            (1 - beta1) / (1 - beta1**step) / (s + eps)
+            - m_hat * (1 - beta2) * g.to(s.dtype) / ((1 - beta2**step) * safe_s * (s + eps) ** 2)
+        )
         scales.append(torch.where(s > 0, d, torch.zeros_like(d)))
     return scales
 
@@ -142,7 +147,10 @@ class FiniteDifferenceHypergradient:
         loss, pred = _loss(engine, inputs, targets)
         grads = torch.autograd.grad(loss, lower + upper)
         v, first = grads[: len(lower)], grads[len(lower) :]
-        u = [d * g for d, g in zip(lower_step_scale(engine.lower_optimizer, lower, lower_step.grads), v, strict=True)]
+        u = [
+            d * g
+            for d, g in zip(lower_step_scale(engine.lower_optimizer, lower, lower_step.grads), v, strict=True)
+        ]
         u_norm = math.sqrt(sum(float((x.double() ** 2).sum()) for x in u))
         hyper = list(first)
         if u_norm > 0:
@@ -167,7 +175,8 @@ class ExactHypergradient:
     """The same hypergradient by automatic differentiation through the lower step.
 
     ``W'(phi) = W' - D * (grad_W L1(W, phi) - grad_W L1(W, phi_0))`` equals the actual W' at the
-    current phi_0 and has the AdamW step's derivative in phi there (D is exact per element); ``torch.func.grad`` differentiates
+    current phi_0 and has the AdamW step's derivative in phi there (D is exact per element);
+    ``torch.func.grad`` differentiates
     ``L2(W'(phi), phi)`` through it (a double backward through the decoder). For checking and for
     small models: it costs about two extra backward passes and their memory.
     """
@@ -182,7 +191,9 @@ class ExactHypergradient:
         names = {id(p): n for n, p in net.named_parameters()}
         lower, upper = list(net.lower_parameters()), list(net.upper_parameters())
         lower_names, upper_names = [names[id(p)] for p in lower], [names[id(p)] for p in upper]
-        scale = dict(zip(lower_names, lower_step_scale(engine.lower_optimizer, lower, lower_step.grads), strict=True))
+        scale = dict(
+            zip(lower_names, lower_step_scale(engine.lower_optimizer, lower, lower_step.grads), strict=True)
+        )
         before = dict(zip(lower_names, lower_step.params_before, strict=True))
         after = {n: p.detach() for n, p in zip(lower_names, lower, strict=True)}
         phi0 = {n: p.detach() for n, p in zip(upper_names, upper, strict=True)}
@@ -219,7 +230,8 @@ HYPERGRADIENTS = {
 def build_hypergradient(name: str, fd_radius: float = 1e-3):
     """The hypergradient variant called ``name`` (``first``, ``finite_difference`` or ``exact``).
 
-    ``fd_radius`` is the finite-difference radius (``eps = fd_radius / ||u||``; DARTS uses 0.01, too large for SAM's ReLU decoder: see
+    ``fd_radius`` is the finite-difference radius (``eps = fd_radius / ||u||``; DARTS uses 0.01,
+    too large for SAM's ReLU decoder: see
     :class:`FiniteDifferenceHypergradient`).
     """
     if name not in HYPERGRADIENTS:

@@ -62,7 +62,9 @@ def _scalars(log_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 def training_curves(runs: list[Run], root: Path, path: Path) -> Path | None:
     """Both levels' losses (or the single loss) and validation Dice against iteration, one colour per run."""
-    curves = [(run, _scalars(run.folder(root) / "train")) for run in runs if (run.folder(root) / "train").exists()]
+    curves = [
+        (run, _scalars(run.folder(root) / "train")) for run in runs if (run.folder(root) / "train").exists()
+    ]
     curves = [(run, c) for run, c in curves if c]
     if not curves:
         return None
@@ -112,7 +114,8 @@ def predict_cases(result: RunResult, root: Path, cases: list[str], out_dir: Path
         files = [f for f in command["files"] if not f.endswith("train.json")]
         files = [str(PROJECT / "configs" / "inference.json")] + [f for f in files if "/methods/" not in f]
         cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(files),
-               "--input_dir", tmp, "--output_dir", str(out_dir), "--ckpt", str(folder / "models" / "model.pt"),
+               "--input_dir", tmp, "--output_dir", str(out_dir),
+               "--ckpt", str(folder / "models" / "model.pt"),
                "--backbone", str(command["overrides"].get("backbone", "litemedsam"))]  # fmt: skip
         proc = subprocess.run(cmd, cwd=PROJECT, capture_output=True, text=True, check=False)
         if proc.returncode:
@@ -149,7 +152,9 @@ def overlay_grid(result: RunResult, root: Path, path: Path, threshold: int = 127
             files = labels[case] if isinstance(labels[case], list | tuple) else [labels[case]]
             truth = np.any([_gray(f, size, mask=True) > threshold for f in files], axis=0)
             pred = _gray(masks[case], size, mask=True) > 0
-            for col, (title, layer) in enumerate((("image", None), ("ground truth", truth), ("prediction", pred))):
+            for col, (title, layer) in enumerate(
+                (("image", None), ("ground truth", truth), ("prediction", pred))
+            ):
                 ax = axes[row, col]
                 ax.imshow(image, cmap="gray" if image.ndim == 2 else None)
                 if layer is not None:
@@ -158,7 +163,9 @@ def overlay_grid(result: RunResult, root: Path, path: Path, threshold: int = 127
                 ax.set_title(f"{name}: {title}" + (f" (Dice {dice:.3f})" if col == 2 else ""), fontsize=8)
                 ax.axis("off")
     run = result.run
-    fig.suptitle(f"{run.dataset} {run.shots}-shot seed {run.seed}, {run.method}: best / median / worst test case")
+    fig.suptitle(
+        f"{run.dataset} {run.shots}-shot seed {run.seed}, {run.method}: best / median / worst test case"
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

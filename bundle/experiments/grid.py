@@ -43,17 +43,35 @@ METHODS: dict[str, Method] = {
     m.name: m
     for m in (
         Method("blo-sam", "BLO-SAM, first-order hypergradient (the default)"),
-        Method("blo-sam-2nd", "BLO-SAM, second-order (finite-difference) hypergradient",
-               overrides={"hypergradient": "finite_difference"}),  # fmt: skip
-        Method("joint", "single level: LoRA decoder and prompt together on D1+D2 (SAMed-like)",
-               train_files=("methods/single_level.json",)),  # fmt: skip
-        Method("decoder-only", "single level: LoRA decoder on D1+D2, no learnable prompt",
-               train_files=("methods/single_level.json",),
-               overrides={"single_level_parameters": "$@network.lower_parameters()"}),  # fmt: skip
-        Method("zero-shot", "pretrained backbone, one box per ground-truth component (upper bound)",
-               train_files=("methods/pretrained.json",), eval_files=("methods/box_prompt.json",), seeded=False),  # fmt: skip
-        Method("no-prompt", "pretrained backbone, no prompt (floor)",
-               train_files=("methods/pretrained.json",), seeded=False),  # fmt: skip
+        Method(
+            "blo-sam-2nd",
+            "BLO-SAM, second-order (finite-difference) hypergradient",
+            overrides={"hypergradient": "finite_difference"},
+        ),  # fmt: skip
+        Method(
+            "joint",
+            "single level: LoRA decoder and prompt together on D1+D2 (SAMed-like)",
+            train_files=("methods/single_level.json",),
+        ),  # fmt: skip
+        Method(
+            "decoder-only",
+            "single level: LoRA decoder on D1+D2, no learnable prompt",
+            train_files=("methods/single_level.json",),
+            overrides={"single_level_parameters": "$@network.lower_parameters()"},
+        ),  # fmt: skip
+        Method(
+            "zero-shot",
+            "pretrained backbone, one box per ground-truth component (upper bound)",
+            train_files=("methods/pretrained.json",),
+            eval_files=("methods/box_prompt.json",),
+            seeded=False,
+        ),  # fmt: skip
+        Method(
+            "no-prompt",
+            "pretrained backbone, no prompt (floor)",
+            train_files=("methods/pretrained.json",),
+            seeded=False,
+        ),  # fmt: skip
     )
 }
 
@@ -92,8 +110,9 @@ class Run:
 
     @property
     def label(self) -> str:
-        return " ".join(str(x) for x in (self.dataset, self.shots and f"{self.shots}-shot",
-                                         self.seed is not None and f"seed {self.seed}", self.method) if x)  # fmt: skip
+        parts = (self.dataset, self.shots and f"{self.shots}-shot",
+                 self.seed is not None and f"seed {self.seed}", self.method)  # fmt: skip
+        return " ".join(str(x) for x in parts if x)
 
 
 def plan_grid(
@@ -106,7 +125,9 @@ def plan_grid(
     shots and method; unseeded methods (no training data) come first, once per data set."""
     unknown = [m for m in methods if m not in METHODS] + [d for d in datasets if d not in DATASETS]
     if unknown:
-        raise ValueError(f"unknown method or data set {unknown}; methods: {sorted(METHODS)}, data sets: {sorted(DATASETS)}")
+        raise ValueError(
+            f"unknown method or data set {unknown}; methods: {sorted(METHODS)}, data sets: {sorted(DATASETS)}"
+        )
     runs = [Run(name, None, None, m) for name in datasets for m in methods if not METHODS[m].seeded]
     for seed in seeds:
         for name in datasets:

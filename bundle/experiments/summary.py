@@ -59,12 +59,18 @@ def _mean_std(values: list[float], digits: int = 1, scale: float = 1.0) -> str:
     return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
 
 
+def _nanmean(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
 def paired_test(a: list[RunResult], b: list[RunResult]) -> tuple[float, float, int] | None:
     """Wilcoxon signed-rank test of Dice(a) - Dice(b) over shared (seed, case) pairs.
 
     Unseeded results (one run) pair with every seed of the other side. Returns the median
     difference, the two-sided p-value and the number of pairs, or ``None`` without pairs.
     """
+
     def table(results: list[RunResult]) -> dict:
         return {(r.run.seed, case): d for r in results for case, d in r.dice.items()}
 
@@ -113,11 +119,14 @@ def summary_table(results: list[RunResult], reference: str = "blo-sam") -> str:
                 if not cell:
                     continue
                 dice = [r.mean_dice for r in cell]
-                hd = [float(np.nanmean(list(r.hd95.values()))) if any(not math.isnan(v) for v in r.hd95.values())
-                      else math.nan for r in cell]  # fmt: skip
+                hd = [_nanmean(list(r.hd95.values())) for r in cell]
                 empty = sum(math.isnan(v) for r in cell for v in r.hd95.values())
                 cases = sum(len(r.hd95) for r in cell)
-                paper = f"{data.paper_blo_sam.get(k, '-')} / {data.paper_samed.get(k, '-')}" if method == reference else ""
+                paper = (
+                    f"{data.paper_blo_sam.get(k, '-')} / {data.paper_samed.get(k, '-')}"
+                    if method == reference
+                    else ""
+                )
                 test = ""
                 if method != reference:
                     ref = _cell(results, name, k, reference)

@@ -183,7 +183,12 @@ def test_step_scale_is_the_derivative_of_the_real_adamw_step(tiny_net, steps):
         return [w.detach() for w in probe]
 
     plus, minus = step_with(1.0), step_with(-1.0)
-    numeric = torch.cat([-(a - b).flatten() / (2 * delta * g.abs().clamp_min(1e-3).flatten()) for a, b, g in zip(plus, minus, grads, strict=True)])
+    numeric = torch.cat(
+        [
+            -(a - b).flatten() / (2 * delta * g.abs().clamp_min(1e-3).flatten())
+            for a, b, g in zip(plus, minus, grads, strict=True)
+        ]
+    )
     analytic = torch.cat([d.flatten() for d in scales])
     moving = torch.cat([(g != 0).flatten() for g in grads])  # zero-moment weights: D = 0 by design
     torch.testing.assert_close(analytic[moving], numeric[moving], rtol=1e-3, atol=1e-6)

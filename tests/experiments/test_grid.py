@@ -20,7 +20,9 @@ ALL = list(METHODS)
 def test_grid_is_seed_major_and_runs_unseeded_methods_once_per_data_set():
     runs = plan_grid(["jsrt", "kvasir"], [0, 1, 2], ALL)
     unseeded = [r for r in runs if r.seed is None]
-    assert {(r.dataset, r.method) for r in unseeded} == {(d, m) for d in ("jsrt", "kvasir") for m in ("zero-shot", "no-prompt")}
+    assert {(r.dataset, r.method) for r in unseeded} == {
+        (d, m) for d in ("jsrt", "kvasir") for m in ("zero-shot", "no-prompt")
+    }
     assert len(unseeded) == 4 and runs[:4] == unseeded
     seeded = runs[4:]
     assert len(seeded) == 3 * (2 + 2) * 4  # seeds x (paper shots per data set) x trained methods
@@ -34,7 +36,9 @@ def test_grid_is_seed_major_and_runs_unseeded_methods_once_per_data_set():
 
 
 def test_run_commands_are_the_bundle_commands_with_the_method_overlays(tmp_path):
-    settings = GridSettings(tmp_path, {"jsrt": "/data/jsrt"}, iterations=50, embedding_cache_dir="/c", max_test_cases=7)
+    settings = GridSettings(
+        tmp_path, {"jsrt": "/data/jsrt"}, iterations=50, embedding_cache_dir="/c", max_test_cases=7
+    )
     joint = run_commands(Run("jsrt", 4, 2, "joint"), settings)
     train, evaluate = joint["training"], joint["evaluating"]
     assert [Path(f).name for f in train["files"]] == ["train.json", "jsrt.json", "single_level.json"]
@@ -78,13 +82,26 @@ def test_summary_reports_mean_and_std_over_seeds_and_a_paired_wilcoxon_test(tmp_
     table = summary_table(results)
     blo = [r for r in results if r.run.method == "blo-sam"]
     means = [100 * r.mean_dice for r in blo]
-    assert f"| jsrt | 2 | blo-sam | 3 | {np.mean(means):.1f} ± {np.std(means, ddof=1):.1f} | 11.0 ± 1.0 | 0/36 | 87.1 / 84.4 |" in table
+    assert (
+        f"| jsrt | 2 | blo-sam | 3 | {np.mean(means):.1f} ± {np.std(means, ddof=1):.1f} | 11.0 ± 1.0 | 0/36 | 87.1 / 84.4 |"
+        in table
+    )
     assert "| jsrt | 2 | no-prompt | - | 0.0 | - | 12/12 |" in table  # one run: no training data
 
     joint = [r for r in results if r.run.method == "joint"]
     median, p, pairs = paired_test(blo, joint)
-    diffs = [b.dice[c] - j.dice[c] for b, j in zip(sorted(blo, key=lambda r: r.run.seed), sorted(joint, key=lambda r: r.run.seed), strict=True) for c in b.dice]
-    assert pairs == 36 and median == pytest.approx(np.median(diffs)) and p == pytest.approx(wilcoxon(diffs).pvalue)
+    diffs = [
+        b.dice[c] - j.dice[c]
+        for b, j in zip(
+            sorted(blo, key=lambda r: r.run.seed), sorted(joint, key=lambda r: r.run.seed), strict=True
+        )
+        for c in b.dice
+    ]
+    assert (
+        pairs == 36
+        and median == pytest.approx(np.median(diffs))
+        and p == pytest.approx(wilcoxon(diffs).pvalue)
+    )
     assert median > 0.03 and p < 1e-3
     # the unseeded baseline is paired with every seed's cases
     assert paired_test(blo, [r for r in results if r.run.method == "no-prompt"])[2] == 36
