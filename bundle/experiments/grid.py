@@ -216,9 +216,10 @@ def execute(run: Run, settings: GridSettings) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT), os.environ.get("PYTHONPATH", "")])}
     for key, log in (("training", "train.log"), ("evaluating", "eval.log")):
         start = time.perf_counter()
-        with open(folder / log, "w") as out:
+        with open(folder / log, "a") as out:  # a resumed run keeps the log of its first attempt
             proc = subprocess.run(_bundle_command(key, **commands[key]), cwd=PROJECT, stdout=out,
                                   stderr=subprocess.STDOUT, env=env, check=False)  # fmt: skip
+        # seconds of this attempt (an interrupted run's earlier attempts are not counted)
         timings[f"{key}_seconds"] = round(time.perf_counter() - start, 1)
         if proc.returncode:
             tail = (folder / log).read_text().splitlines()[-15:]
