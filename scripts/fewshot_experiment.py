@@ -69,8 +69,11 @@ def write_report(runs, settings: GridSettings, report: Path, iterations: int) ->
         trained = [r.run for r in mine if r.run.shots == k and r.run.seed == seed]
         made.append(figures.training_curves(trained, settings.root, fig_dir / f"training_{name}_{k}shot.png"))
         best = [r for r in mine if r.run.shots == k and r.run.seed == seed and r.run.method == "blo-sam"]
-        if best:
-            made.append(figures.overlay_grid(best[0], settings.root, fig_dir / f"cases_{name}_{k}shot.png"))
+        cases_png = fig_dir / f"cases_{name}_{k}shot.png"
+        if best and (best[0].run.folder(settings.root) / "models" / "model.pt").is_file():
+            made.append(figures.overlay_grid(best[0], settings.root, cases_png))
+        elif cases_png.is_file():  # a record without checkpoints (as committed) keeps its figure
+            made.append(cases_png)
     lines += ["Figures:", ""] + [f"- `{p.relative_to(report.parent)}`" for p in made if p is not None] + [""]
     text = "\n".join(lines)
     report.parent.mkdir(parents=True, exist_ok=True)
