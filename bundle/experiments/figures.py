@@ -122,7 +122,7 @@ def predict_cases(result: RunResult, root: Path, cases: list[str], out_dir: Path
             raise RuntimeError(f"inference for the overlay figure failed:\n{proc.stderr[-3000:]}")
     from bundle.data.folder import image_stem
 
-    return {case: out_dir / f"{image_stem(case)}.png" for case in cases}
+    return {case: out_dir / f"{image_stem(Path(case).name)}.png" for case in cases}
 
 
 def case_labels(result: RunResult, root: Path) -> dict[str, str | list[str]]:
@@ -151,6 +151,8 @@ def overlay_grid(result: RunResult, root: Path, path: Path, threshold: int = 127
             size = (image.shape[1], image.shape[0])
             files = labels[case] if isinstance(labels[case], list | tuple) else [labels[case]]
             truth = np.any([_gray(f, size, mask=True) > threshold for f in files], axis=0)
+            if not masks[case].is_file():
+                raise FileNotFoundError(f"the inference command wrote no mask {masks[case]} for {case}")
             pred = _gray(masks[case], size, mask=True) > 0
             for col, (title, layer) in enumerate(
                 (("image", None), ("ground truth", truth), ("prediction", pred))
