@@ -5,6 +5,11 @@ trained task (say Kvasir-SEG, 4 shots) gets its own folder: the ``bundle`` packa
 config with the task's settings merged in, metadata with its labels and measured Dice, its
 ``model.pt``, a model card, and the exports. The exports run with the bundle's own commands in
 that folder (``ckpt_export``, ``onnx_export``), which also shows the folder is self-contained.
+
+A task exported with ``volumes=True`` segments 3D volumes (NIfTI, DICOM) slice by slice: its
+``inference.json`` has ``configs/volumes.json`` merged in (the slice-wise inferer, NIfTI output) and
+its metadata declares 3D input and output, which is how MONAI Label tells a volume model (dimension
+3) from a 2D one. The network inside is the same 2D network; the exports take one slice.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from bundle.atomic import atomic_path
 
 PROJECT = Path(__file__).resolve().parents[1]
 # inference.json keys a training config may set for its task (paths and devices are not carried)
@@ -75,7 +82,23 @@ def measured_dice(eval_dir: str | Path) -> dict[str, float]:
     }
 
 
-def _metadata(settings: dict, name: str, metrics: dict, input_size: int) -> dict:
+def inference_config(settings: dict, volumes: bool = False) -> dict:
+    """``configs/inference.json`` with the task's settings and, for a volume task,
+    ``configs/volumes.json`` merged in (unresolved, as written)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    configs = PROJECT / "configs"
+    parser.read_config(
+        [str(configs / "inference.json")] + ([str(configs / "volumes.json")] if volumes else [])
+    )
+    config = parser.get()
+    config.update(settings)
+    config["input_dir"] = "$@bundle_root + '/sample'"
+    return config
+
+
+def _metadata(settings: dict, name: str, metrics: dict, input_size: int, volumes: bool = False) -> dict:
     meta = json.loads((PROJECT / "configs" / "metadata.json").read_text())
     classes = settings.get("class_names", ["foreground"])
     meta["name"] = f"BLO-SAM {name}"
@@ -91,11 +114,25 @@ def _metadata(settings: dict, name: str, metrics: dict, input_size: int) -> dict
     out["num_channels"] = len(classes) + 1
     out["spatial_shape"] = [input_size, input_size]
     out["channel_def"] = {"0": "background", **{str(i): c for i, c in enumerate(classes, 1)}}
+    if volumes:  # any size and number of slices; each slice is fitted to the network input
+        meta["task"] = meta["task"].replace("2D segmentation", "slice-wise 3D segmentation")
+        meta["data_type"] = "nifti, dicom"
+        meta["image_classes"] = (
+            f"single-channel 3D volume (CT, MR); each slice along the last axis is resized on its "
+            f"longest side to {input_size} and padded, the network segments it, and the logits are "
+            "resized back to the slice"
+        )
+        image = fmt["inputs"]["image"]
+        image.update(num_channels=1, spatial_shape=["*", "*", "*"], modality="CT or MR volume",
+                     channel_def={"0": "intensity"})  # fmt: skip
+        out["spatial_shape"] = ["*", "*", "*"]
     return meta
 
 
-def _model_card(name: str, settings: dict, metrics: dict, source: str) -> str:
+def _model_card(name: str, settings: dict, metrics: dict, source: str, volumes: bool = False) -> str:
     classes = ", ".join(settings.get("class_names", ["foreground"]))
+    inputs = ("3D volumes (NIfTI, DICOM), segmented slice by slice along the last axis; masks are "
+              "written as NIfTI on the volume's grid") if volumes else "2D images (PNG, JPEG); masks are written as PNG"  # fmt: skip
     dice = (f"{metrics['test_mean_dice']:.3f} ± {metrics['test_std_dice']:.3f} over {metrics['test_cases']} "
             "test cases, at original resolution") if metrics else "not measured"  # fmt: skip
     generic = (PROJECT / "docs" / "README.md").read_text()
@@ -108,11 +145,12 @@ follows below.
 ## This task
 - Trained with: `{source}`
 - Backbone: `{settings.get("backbone", "litemedsam")}`
+- Input: {inputs}
 - Measured Dice: **{dice}**
 - Labels: 0 background, {", ".join(f"{i} {c}" for i, c in enumerate(settings.get("class_names", ["foreground"]), 1))}
 
 ## Commands (run in this folder)
-- Segment a folder of images: `python -m monai.bundle run --config_file configs/inference.json --input_dir <images> --output_dir <masks>`
+- Segment a folder of {"volumes" if volumes else "images"}: `python -m monai.bundle run --config_file configs/inference.json --input_dir <images> --output_dir <masks>`
 - TorchScript: `python -m monai.bundle ckpt_export network_def --filepath models/model.ts --ckpt_file models/model.pt --meta_file configs/metadata.json --config_file configs/inference.json --use_trace True --input_shape "[1, 3, S, S]"`
 - MONAI Label: copy this folder to `<app>/model/<name>` of the `monaibundle` app (see `docs/monailabel.md` in the source project).
 
@@ -131,6 +169,7 @@ def export_task(
     torchscript: bool = True,
     onnx: bool = True,
     make_zip: bool = True,
+    volumes: bool = False,
 ) -> ExportReport:
     """Write the self-contained bundle folder ``out_dir/name`` (and ``out_dir/name.zip``).
 
@@ -143,6 +182,7 @@ def export_task(
         eval_dir: the task's evaluation folder; its measured Dice goes into metadata and model card.
         torchscript, onnx: export ``models/model.ts`` / ``models/model.onnx`` and check them against PyTorch.
         make_zip: zip the folder for upload, without the exports and the files in large_files.yml.
+        volumes: a volume task: slice-wise inference on 3D images (``configs/volumes.json``).
     """
     ckpt = Path(ckpt)
     if not ckpt.is_file():
@@ -160,9 +200,7 @@ def export_task(
         shutil.copy(PROJECT / rel, dest / rel)
     shutil.copy(ckpt, dest / "models" / "model.pt")
 
-    inference = json.loads((PROJECT / "configs" / "inference.json").read_text())
-    inference.update(settings)
-    inference["input_dir"] = "$@bundle_root + '/sample'"
+    inference = inference_config(settings, volumes)
     (dest / "configs" / "inference.json").write_text(json.dumps(inference, indent=4) + "\n")
 
     from monai.bundle import ConfigParser
@@ -172,11 +210,11 @@ def export_task(
     input_size = int(parser.get_parsed_content("input_size"))
     metrics = measured_dice(eval_dir) if eval_dir else {}
     (dest / "configs" / "metadata.json").write_text(
-        json.dumps(_metadata(settings, name, metrics, input_size), indent=4) + "\n"
+        json.dumps(_metadata(settings, name, metrics, input_size, volumes), indent=4) + "\n"
     )
     source = " ".join(["--config_file", json.dumps([Path(f).name for f in config_files])]
                       + [f"--{k} {v}" for k, v in (overrides or {}).items()])  # fmt: skip
-    (dest / "docs" / "README.md").write_text(_model_card(name, settings, metrics, source))
+    (dest / "docs" / "README.md").write_text(_model_card(name, settings, metrics, source, volumes))
 
     shape = json.dumps([1, 3, input_size, input_size])
     common = ["--ckpt_file", "models/model.pt", "--meta_file", "configs/metadata.json",
@@ -195,13 +233,11 @@ def export_task(
     if make_zip:
         zip_file = Path(out_dir) / f"{name}.zip"
         large = {"models/model.ts", "models/model.onnx"} | _large_files(dest)
-        tmp = zip_file.with_suffix(".zip.tmp")
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        with atomic_path(zip_file) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
             for path in sorted(dest.rglob("*")):
                 rel = path.relative_to(dest).as_posix()
                 if path.is_file() and rel not in large:
                     zf.write(path, f"{name}/{rel}")
-        os.replace(tmp, zip_file)
     report = ExportReport(dest, zip_file, ts_diff, onnx_diff)
     (dest / "models" / "export_report.json").write_text(json.dumps(report.as_dict(), indent=2) + "\n")
     return report

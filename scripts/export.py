@@ -6,7 +6,8 @@
 writes ``dist/kvasir_4shot/`` (the ``bundle`` package, ``configs/inference.json`` with the task's
 settings merged in, ``configs/metadata.json`` with its labels and measured Dice, ``models/model.pt``,
 ``models/model.ts``, ``models/model.onnx``, ``docs/README.md``, LICENSE) and ``dist/kvasir_4shot.zip``
-(the folder without the exports and the large files, ready to upload). It prints the TorchScript
+(the folder without the exports and the large files, ready to upload). ``--volumes`` exports a
+task that segments 3D volumes slice by slice (for MONAI Label: a 3D model). It prints the TorchScript
 and ONNX (onnxruntime) outputs' largest absolute difference from PyTorch.
 """
 
@@ -37,6 +38,11 @@ def main() -> None:
     parser.add_argument("--no_torchscript", action="store_true")
     parser.add_argument("--no_onnx", action="store_true")
     parser.add_argument("--no_zip", action="store_true")
+    parser.add_argument(
+        "--volumes",
+        action="store_true",
+        help="a volume task: segment 3D images slice by slice (configs/volumes.json)",
+    )
     args = parser.parse_args()
 
     overrides = {}
@@ -47,7 +53,7 @@ def main() -> None:
             overrides[key] = value
     report = export_task(args.ckpt, args.config_file, args.name, args.out, overrides=overrides,
                          eval_dir=args.eval_dir, torchscript=not args.no_torchscript, onnx=not args.no_onnx,
-                         make_zip=not args.no_zip)  # fmt: skip
+                         make_zip=not args.no_zip, volumes=args.volumes)  # fmt: skip
     print(json.dumps(report.as_dict(), indent=2))
 
 

@@ -10,7 +10,7 @@
 #
 # MONAI Label runs in its own environment (its numpy pin differs from the bundle's): set
 # MONAILABEL_PYTHON to that environment's python (default: .monailabel-venv/bin/python, made by
-#   python3 -m venv .monailabel-venv && .monailabel-venv/bin/pip install -e ".[monailabel]"
+#   python3 -m venv .monailabel-venv && the commands in docs/monailabel.md, step 2
 # ). The server starts offline: no model zoo, no SAM2 download, no trainers.
 set -euo pipefail
 

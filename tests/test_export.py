@@ -68,3 +68,47 @@ def test_export_writes_a_self_contained_task_bundle_with_matching_exports(tmp_pa
         names = set(zf.namelist())
     assert "polyp_task/configs/inference.json" in names and "polyp_task/models/model.pt" in names
     assert not {"polyp_task/models/model.ts", "polyp_task/models/model.onnx"} & names
+
+
+def test_volume_task_export_segments_a_nifti_slice_by_slice(tmp_path):
+    """``volumes=True``: the task folder declares 3D data (MONAI Label's dimension 3) and its
+    inference command writes a NIfTI mask on the input volume's grid."""
+    import nibabel as nib
+
+    torch.manual_seed(0)
+    torch.save(BLOSAM("sam_tiny", num_classes=1).state_dict(), tmp_path / "model.pt")
+    configs = [str(ROOT / "configs" / "train.json"), str(ROOT / "configs" / "datasets" / "jsrt.json")]
+    report = export_task(tmp_path / "model.pt", configs, "lung_volumes", tmp_path / "dist",
+                         overrides={"backbone": "sam_tiny"}, torchscript=False, onnx=False,
+                         make_zip=False, volumes=True)  # fmt: skip
+    task = report.folder
+    inference = json.loads((task / "configs" / "inference.json").read_text())
+    assert inference["inferer"]["_target_"] == "bundle.inferers.SliceWiseInferer"
+    assert inference["output_ext"] == ".nii.gz" and inference["class_names"] == ["lung"]
+    meta = json.loads((task / "configs" / "metadata.json").read_text())
+    fmt = meta["network_data_format"]
+    assert (
+        len(fmt["inputs"]["image"]["spatial_shape"]) == 3
+        and len(fmt["outputs"]["pred"]["spatial_shape"]) == 3
+    )
+    assert fmt["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "lung"}
+
+    volumes = tmp_path / "volumes"
+    volumes.mkdir()
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    affine[:3, 3] = [-10, 5, 30]
+    data = np.random.default_rng(0).integers(-1000, 1000, size=(40, 30, 3)).astype(np.int16)
+    nib.save(nib.Nifti1Image(data, affine), volumes / "ct.nii.gz")
+    schema = tmp_path / SCHEMA.name
+    shutil.copy(SCHEMA, schema)
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    for args in (["verify_metadata", "--meta_file", "configs/metadata.json", "--filepath", str(schema)],
+                 ["run", "--config_file", "configs/inference.json", "--input_dir", str(volumes),
+                  "--output_dir", str(tmp_path / "masks")]):  # fmt: skip
+        proc = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=task, env=env,
+                              capture_output=True, text=True, check=False)  # fmt: skip
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    mask = nib.load(tmp_path / "masks" / "ct.nii.gz")
+    assert mask.shape == data.shape
+    np.testing.assert_allclose(mask.affine, affine, atol=1e-5)
+    assert set(np.unique(np.asarray(mask.dataobj)).tolist()) <= {0, 1}

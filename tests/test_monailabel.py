@@ -1,11 +1,12 @@
 """End to end with the real MONAI Label server: an exported task bundle as a `monaibundle` model.
 
-Starts ``monailabel start_server`` (through ``scripts/monailabel_app.sh``) on 127.0.0.1 with a
-bundle trained on the shipped JSRT sample (lungs, 4 shots, 40 iterations), asks ``GET /info/``
-until our model and its label are
-listed, segments a study with ``POST /infer/<model>?image=<id>&output=image`` and checks the mask:
-the image's size, labels {0, 1}, Dice against the ground truth, and the same mask as our own
-inference command gives. The server runs in its own process group, is killed however the test
+A bundle is trained once on the shipped JSRT sample (lungs, 4 shots, 40 iterations) and exported
+twice: as a 2D task (PNG studies) and as a volume task (NIfTI studies, segmented slice by slice; the
+study is a volume stacked from the sample's test radiographs, so it has a real ground truth). For
+each, ``monailabel start_server`` (through ``scripts/monailabel_app.sh``) runs on 127.0.0.1, the
+test asks ``GET /info/`` until our model, its label and its dimension are listed, segments the
+study with ``POST /infer/<model>?image=<id>&output=image`` and checks the mask: the study's size,
+labels {0, 1}, Dice against the ground truth, and the same mask as our own inference command gives. The server runs in its own process group, is killed however the test
 ends, and writes only inside the test's temporary folder.
 
 MONAI Label lives in its own environment (numpy pin): ``MONAILABEL_PYTHON`` or
@@ -33,7 +34,6 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "bundle" / "sample_data" / "jsrt"
 MONAILABEL_PYTHON = Path(os.environ.get("MONAILABEL_PYTHON", ROOT / ".monailabel-venv" / "bin" / "python"))
-MODEL = "jsrt_sample"
 DICE_FLOOR = 0.7  # 4 shots, 40 iterations on the downsized sample: validation Dice about 0.88 at 30
 CONFIGS = ["configs/train.json", "configs/datasets/jsrt.json"]
 
@@ -61,68 +61,41 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2 * np.logical_and(a, b).sum() / max(a.sum() + b.sum(), 1)
 
 
-@pytest.mark.slow
-def test_monailabel_server_segments_a_study_with_the_exported_bundle(tmp_path):
-    if not MONAILABEL_PYTHON.is_file():
-        pytest.skip(
-            f"MONAI Label environment not found at {MONAILABEL_PYTHON} "
-            "(set MONAILABEL_PYTHON; docs/monailabel.md)"
-        )
-    # a small trained task bundle
-    _run("-m", "monai.bundle", "run", "training", "--config_file", json.dumps(CONFIGS),
-         "--dataset_dir", str(SAMPLE), "--test_size", "6", "--val_size", "4", "--shots", "4",
-         "--iterations", "40", "--val_interval", "10", "--flip_prob", "0.0", "--ckpt_dir", str(tmp_path / "models"),
-         "--output_dir", str(tmp_path / "train"), "--embedding_cache_dir", str(tmp_path / "cache"))  # fmt: skip
-    _run("scripts/export.py", "--name", MODEL, "--ckpt", str(tmp_path / "models" / "model.pt"), "--config_file",
-         *CONFIGS, "--out", str(tmp_path / "dist"), "--no_torchscript", "--no_onnx", "--no_zip")  # fmt: skip
-    task = tmp_path / "dist" / MODEL
-
-    # a study: a test image of the sample (the split's test part: never trained or validated on)
-    studies = tmp_path / "studies"
-    studies.mkdir()
-    case = sorted(p for p in (SAMPLE / "images").iterdir())[-1]
-    shutil.copy(case, studies / case.name)
-    image_id = case.stem
-
-    # our own inference command, in the exported folder, on the same image
-    ours = tmp_path / "ours"
-    _run("-m", "monai.bundle", "run", "--config_file", str(task / "configs" / "inference.json"),
-         "--bundle_root", str(task), "--input_dir", str(studies), "--output_dir", str(ours))  # fmt: skip
-    own_mask = np.asarray(Image.open(ours / f"{image_id}.png"))
-
+def _server_infer(
+    task: Path, studies: Path, image_id: str, extension: str, work: Path
+) -> tuple[dict, bytes, str, float]:
+    """Serve ``task`` from MONAI Label over ``studies``; return its /info/ entry and the mask
+    ``POST /infer`` answers for ``image_id`` (bytes, content type, seconds). Always stops the server."""
+    model = task.name
     port = _free_port()
-    log = open(tmp_path / "server.log", "w")
+    log_file = work / "server.log"
+    log = open(log_file, "w")
     server = subprocess.Popen(["bash", str(ROOT / "scripts" / "monailabel_app.sh"), str(task), str(studies),
-                               str(port), str(tmp_path / "monailabel")],
+                               str(port), str(work / "monailabel")],
                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                               env=dict(os.environ, MONAILABEL_PYTHON=str(MONAILABEL_PYTHON)))  # fmt: skip
     try:
         base = f"http://127.0.0.1:{port}"
         info, deadline = None, time.time() + 600
         while time.time() < deadline:
-            assert server.poll() is None, (tmp_path / "server.log").read_text()[-4000:]
+            assert server.poll() is None, log_file.read_text()[-4000:]
             try:
                 info = _get(f"{base}/info/")
-                if MODEL in info.get("models", {}):
+                if model in info.get("models", {}):
                     break
             except OSError:
                 pass
             time.sleep(2)
-        assert info and MODEL in info["models"], (tmp_path / "server.log").read_text()[-4000:]
-        assert info["models"][MODEL]["labels"] == {"lung": 1}
-        assert info["models"][MODEL]["dimension"] == 2
+        assert info and model in info["models"], log_file.read_text()[-4000:]
 
         query = urllib.parse.urlencode({"image": image_id, "output": "image"})
-        body = urllib.parse.urlencode({"params": json.dumps({"result_extension": ".png"})}).encode()
+        body = urllib.parse.urlencode({"params": json.dumps({"result_extension": extension})}).encode()
         start = time.time()
         with urllib.request.urlopen(
-            urllib.request.Request(f"{base}/infer/{MODEL}?{query}", data=body), timeout=600
+            urllib.request.Request(f"{base}/infer/{model}?{query}", data=body), timeout=600
         ) as r:
             payload, content_type = r.read(), r.headers.get("content-type")
-        seconds = time.time() - start
-        mask_file = tmp_path / "monailabel_mask.png"
-        mask_file.write_bytes(payload)
-        mask = np.asarray(Image.open(mask_file))
+        return info["models"][model], payload, content_type, time.time() - start
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
@@ -131,17 +104,112 @@ def test_monailabel_server_segments_a_study_with_the_exported_bundle(tmp_path):
             os.killpg(server.pid, signal.SIGKILL)
         log.close()
 
-    image = np.asarray(Image.open(case))
-    size = (image.shape[1], image.shape[0])
+
+def _needs_monailabel() -> None:
+    if not MONAILABEL_PYTHON.is_file():
+        pytest.skip(
+            f"MONAI Label environment not found at {MONAILABEL_PYTHON} "
+            "(set MONAILABEL_PYTHON; docs/monailabel.md)"
+        )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """``model.pt`` of a small task trained on the shipped JSRT sample."""
+    _needs_monailabel()
+    out = tmp_path_factory.mktemp("jsrt_sample")
+    _run("-m", "monai.bundle", "run", "training", "--config_file", json.dumps(CONFIGS),
+         "--dataset_dir", str(SAMPLE), "--test_size", "6", "--val_size", "4", "--shots", "4",
+         "--iterations", "40", "--val_interval", "10", "--flip_prob", "0.0", "--ckpt_dir", str(out / "models"),
+         "--output_dir", str(out / "train"), "--embedding_cache_dir", str(out / "cache"))  # fmt: skip
+    return out / "models" / "model.pt"
+
+
+def _export(ckpt: Path, name: str, out: Path, *extra: str) -> Path:
+    _run("scripts/export.py", "--name", name, "--ckpt", str(ckpt), "--config_file", *CONFIGS,
+         "--out", str(out), "--no_torchscript", "--no_onnx", "--no_zip", *extra)  # fmt: skip
+    return out / name
+
+
+def _our_inference(task: Path, studies: Path, out: Path) -> None:
+    _run("-m", "monai.bundle", "run", "--config_file", str(task / "configs" / "inference.json"),
+         "--bundle_root", str(task), "--input_dir", str(studies), "--output_dir", str(out))  # fmt: skip
+
+
+def _lungs(image_id: str, size: tuple[int, int]) -> np.ndarray:
+    """The SCR ground truth of a sample case (both lungs) at ``size`` (width, height), rows first."""
     lungs = [Image.open(SAMPLE / "masks" / side / f"{image_id}.gif").convert("L").resize(size, Image.NEAREST)
              for side in ("left_lung", "right_lung")]  # fmt: skip
-    truth = np.logical_or(*[np.asarray(m) > 127 for m in lungs])
-    dice = _dice(mask > 0, truth)
+    return np.logical_or(*[np.asarray(m) > 127 for m in lungs])
+
+
+# with test_size 6 the sample's test split is its last 6 sorted ids: never trained or validated on
+TEST_CASES = sorted(p for p in (SAMPLE / "images").iterdir())[-3:]
+
+
+@pytest.mark.slow
+def test_monailabel_server_segments_a_2d_study_with_the_exported_bundle(trained, tmp_path):
+    task = _export(trained, "jsrt_sample", tmp_path / "dist")
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    case = TEST_CASES[-1]
+    shutil.copy(case, studies / case.name)
+    image_id = case.stem
+    _our_inference(task, studies, tmp_path / "ours")
+    own_mask = np.asarray(Image.open(tmp_path / "ours" / f"{image_id}.png"))
+
+    info, payload, content_type, seconds = _server_infer(task, studies, image_id, ".png", tmp_path)
+    assert info["labels"] == {"lung": 1} and info["dimension"] == 2
+    mask_file = tmp_path / "monailabel_mask.png"
+    mask_file.write_bytes(payload)
+    mask = np.asarray(Image.open(mask_file))
+
+    image = np.asarray(Image.open(case))
+    dice = _dice(mask > 0, _lungs(image_id, (image.shape[1], image.shape[0])))
     assert content_type == "image/png"
-    print(f"MONAI Label /infer/{MODEL}?image={image_id}: {content_type}, {len(payload)} bytes, mask {mask.shape} "
+    print(f"MONAI Label /infer/{task.name}?image={image_id}: {content_type}, {len(payload)} bytes, mask {mask.shape} "
           f"{mask.dtype} labels {sorted(np.unique(mask).tolist())}, Dice {dice:.4f}, "
           f"agreement with our inference {np.mean((mask > 0) == (own_mask > 0)):.6f}, {seconds:.1f} s")  # fmt: skip
     assert mask.shape == image.shape[:2]
     assert set(np.unique(mask).tolist()) <= {0, 1}
     assert dice > DICE_FLOOR
     np.testing.assert_array_equal(mask > 0, own_mask > 0)
+
+
+@pytest.mark.slow
+def test_monailabel_server_segments_a_volume_slice_by_slice(trained, tmp_path):
+    import nibabel as nib
+
+    task = _export(trained, "jsrt_volume", tmp_path / "dist", "--volumes")
+    # a volume of three radiographs as slices, in MONAI's 2D axis order (x = column, y = row), as a
+    # scanner's axial slices are stored; 0.5 mm pixels, 5 mm apart, off the origin
+    slices = [np.asarray(Image.open(c)).T for c in TEST_CASES]
+    truth = np.stack(
+        [_lungs(c.stem, (s.shape[0], s.shape[1])).T for c, s in zip(TEST_CASES, slices, strict=True)], axis=-1
+    )
+    affine = np.diag([0.5, 0.5, 5.0, 1.0])
+    affine[:3, 3] = [-64.0, -64.0, 10.0]
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    image_id = "jsrt_stack"
+    nib.save(
+        nib.Nifti1Image(np.stack(slices, axis=-1).astype(np.int16), affine), studies / f"{image_id}.nii.gz"
+    )
+    _our_inference(task, studies, tmp_path / "ours")
+    own = nib.load(tmp_path / "ours" / f"{image_id}.nii.gz")
+
+    info, payload, content_type, seconds = _server_infer(task, studies, image_id, ".nii.gz", tmp_path)
+    assert info["labels"] == {"lung": 1} and info["dimension"] == 3
+    mask_file = tmp_path / "monailabel_mask.nii.gz"
+    mask_file.write_bytes(payload)
+    result = nib.load(mask_file)
+    mask = np.asarray(result.dataobj)
+    dice = [_dice(mask[..., k] > 0, truth[..., k]) for k in range(truth.shape[-1])]
+    print(f"MONAI Label /infer/{task.name}?image={image_id}: {content_type}, {len(payload)} bytes, mask {mask.shape} "
+          f"{mask.dtype} labels {sorted(np.unique(mask).tolist())}, Dice per slice {np.round(dice, 4).tolist()}, "
+          f"agreement with our inference {np.mean((mask > 0) == (np.asarray(own.dataobj) > 0)):.6f}, {seconds:.1f} s")  # fmt: skip
+    assert mask.shape == truth.shape
+    np.testing.assert_allclose(result.affine, affine, atol=1e-4)
+    assert set(np.unique(mask).tolist()) <= {0, 1}
+    assert min(dice) > DICE_FLOOR
+    np.testing.assert_array_equal(mask > 0, np.asarray(own.dataobj) > 0)

@@ -15,13 +15,14 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
+
+from bundle.atomic import write_json_atomically
 
 PROJECT = Path(__file__).resolve().parents[2]
 CONFIGS = PROJECT / "configs"
@@ -134,15 +135,6 @@ def plan_grid(
             for k in (shots or {}).get(name, DATASETS[name].shots):
                 runs += [Run(name, k, seed, m) for m in methods if METHODS[m].seeded]
     return runs
-
-
-def write_json_atomically(obj: object, path: Path) -> None:
-    """Write ``obj`` as JSON to a temporary file beside ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 @dataclass

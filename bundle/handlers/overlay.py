@@ -15,6 +15,7 @@ import torch
 from ignite.engine import Engine, Events
 from PIL import Image, ImageFilter
 
+from bundle.atomic import atomic_path
 from bundle.data.readers import pil_converter
 
 
@@ -69,7 +70,6 @@ class OverlaySaver:
                 image = Image.new("RGB", (pred.shape[1], pred.shape[0]))
             self.output_dir.mkdir(parents=True, exist_ok=True)
             path = self.output_dir / f"{source.name.split('.')[0]}_overlay.png"
-            tmp = path.with_name(f".{path.name}.tmp")  # written whole or not at all
-            overlay_image(image, label, pred).save(tmp, format="PNG")
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                overlay_image(image, label, pred).save(tmp, format="PNG")
             self.saved.append(path)

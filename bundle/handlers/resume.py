@@ -19,7 +19,6 @@ import ast
 import logging
 import os
 import random
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,8 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.transforms import Compose, Randomizable
+
+from bundle.atomic import save_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -50,20 +51,6 @@ def _numpy_state_to_tensors(state: tuple) -> dict[str, Any]:
 def _numpy_state_from_tensors(state: dict[str, Any]) -> tuple:
     keys = state["keys"].numpy().astype(np.uint32)
     return state["name"], keys, state["pos"], state["has_gauss"], state["cached"]
-
-
-def save_atomically(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 class ResumableTraining:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from bundle.atomic import save_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -77,15 +78,7 @@ class EmbeddingCache:
         path = self._path(key)
         if path is None or path.is_file():
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(value.clone(), tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        save_atomically(value.clone(), path)
 
     def clear_memory(self) -> None:
         self._memory.clear()
