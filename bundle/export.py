@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-import subprocess
 import sys
 import zipfile
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ import numpy as np
 import torch
 
 from bundle.atomic import atomic_path
+from bundle.commands import run_bundle
 
 PROJECT = Path(__file__).resolve().parents[1]
 # inference.json keys a training config may set for its task (paths and devices are not carried)
@@ -45,19 +44,6 @@ class ExportReport:
 
     def as_dict(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()}
-
-
-def _run(args: list[str], cwd: Path) -> str:
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    env["PYTHONPATH"] = os.pathsep.join([str(cwd), env.get("PYTHONPATH", "")])
-    proc = subprocess.run(
-        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, check=False
-    )
-    if proc.returncode:
-        raise RuntimeError(
-            f"`{' '.join(args[:4])} ...` failed in {cwd}:\n{(proc.stdout + proc.stderr)[-3000:]}"
-        )
-    return proc.stdout + proc.stderr
 
 
 def task_settings(config_files: list[str], overrides: dict | None = None) -> dict:
@@ -221,10 +207,10 @@ def export_task(
               "--config_file", "configs/inference.json", "--input_shape", shape]  # fmt: skip
     ts_diff = onnx_diff = None
     if torchscript:
-        _run(["-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", "models/model.ts",
+        run_bundle(["ckpt_export", "network_def", "--filepath", "models/model.ts",
               "--use_trace", "True", *common], dest)  # fmt: skip
     if onnx:
-        _run(["-m", "monai.bundle", "onnx_export", "network_def", "--filepath", "models/model.onnx",
+        run_bundle(["onnx_export", "network_def", "--filepath", "models/model.onnx",
               "--use_trace", "True", "--use_ort", "False", *common], dest)  # fmt: skip
     if torchscript or onnx:
         ts_diff, onnx_diff = export_parity(dest, input_size, torchscript, onnx)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -14,7 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from bundle.experiments.grid import DATASETS, METHODS, PROJECT, Run  # noqa: E402
+from bundle.commands import bundle_args, run_bundle  # noqa: E402
+from bundle.experiments.grid import CONFIGS, DATASETS, METHODS, PROJECT, Run  # noqa: E402
 from bundle.experiments.summary import RunResult  # noqa: E402
 
 
@@ -111,15 +110,15 @@ def predict_cases(result: RunResult, root: Path, cases: list[str], out_dir: Path
     with tempfile.TemporaryDirectory() as tmp:
         for case in cases:
             os.symlink(Path(case).resolve(), Path(tmp) / Path(case).name)
-        files = [f for f in command["files"] if not f.endswith("train.json")]
-        files = [str(PROJECT / "configs" / "inference.json")] + [f for f in files if "/methods/" not in f]
-        cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(files),
-               "--input_dir", tmp, "--output_dir", str(out_dir),
-               "--ckpt", str(folder / "models" / "model.pt"),
-               "--backbone", str(command["overrides"].get("backbone", "litemedsam"))]  # fmt: skip
-        proc = subprocess.run(cmd, cwd=PROJECT, capture_output=True, text=True, check=False)
-        if proc.returncode:
-            raise RuntimeError(f"inference for the overlay figure failed:\n{proc.stderr[-3000:]}")
+        # the run's data set preset on top of inference.json (methods only change training)
+        files = [CONFIGS / "inference.json", CONFIGS / DATASETS[result.run.dataset].config]
+        overrides = {
+            "input_dir": tmp,
+            "output_dir": str(out_dir),
+            "ckpt": str(folder / "models" / "model.pt"),
+            "backbone": str(command["overrides"].get("backbone", "litemedsam")),
+        }
+        run_bundle(bundle_args("run", files, overrides), PROJECT)
     from bundle.data.folder import image_stem
 
     return {case: out_dir / f"{image_stem(Path(case).name)}.png" for case in cases}
@@ -133,7 +132,7 @@ def case_labels(result: RunResult, root: Path) -> dict[str, str | list[str]]:
 
     command = json.loads((result.run.folder(root) / "command.json").read_text())["training"]
     parser = ConfigParser()
-    parser.read_config([f for f in command["files"] if "/methods/" not in f])
+    parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / DATASETS[result.run.dataset].config)])
     parser["dataset_dir"] = command["overrides"]["dataset_dir"]
     return {str(item["image"]): item["label"] for item in parser.get_parsed_content("datalist")}
 

@@ -12,9 +12,6 @@ an interrupted one resumes from its ``models/resume.pt``.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +20,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from bundle.atomic import write_json_atomically
+from bundle.commands import bundle_args, run_bundle
 
 PROJECT = Path(__file__).resolve().parents[2]
 CONFIGS = PROJECT / "configs"
@@ -176,13 +174,6 @@ def run_commands(run: Run, settings: GridSettings) -> dict[str, dict]:
     }
 
 
-def _bundle_command(key: str, files: list[str], overrides: dict) -> list[str]:
-    cmd = [sys.executable, "-m", "monai.bundle", "run", key, "--config_file", json.dumps(files)]
-    for name, value in overrides.items():
-        cmd += [f"--{name}", value if isinstance(value, str) else json.dumps(value)]
-    return cmd
-
-
 def merged_config(files: list[str], overrides: dict) -> dict:
     """The config a command runs with: its files merged, then the overrides (unresolved)."""
     from monai.bundle import ConfigParser
@@ -205,18 +196,17 @@ def execute(run: Run, settings: GridSettings) -> dict:
     write_json_atomically(commands, folder / "command.json")
     write_json_atomically(merged_config(**commands["training"]), folder / "config.json")
     timings: dict = {"run": run.__dict__}
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT), os.environ.get("PYTHONPATH", "")])}
     for key, log in (("training", "train.log"), ("evaluating", "eval.log")):
         start = time.perf_counter()
-        with open(folder / log, "a") as out:  # a resumed run keeps the log of its first attempt
-            proc = subprocess.run(_bundle_command(key, **commands[key]), cwd=PROJECT, stdout=out,
-                                  stderr=subprocess.STDOUT, env=env, check=False)  # fmt: skip
+        args = bundle_args(f"run {key}", commands[key]["files"], commands[key]["overrides"])
+        try:
+            with open(folder / log, "a") as out:  # a resumed run keeps the log of its first attempt
+                run_bundle(args, PROJECT, log=out)
+        except RuntimeError as err:
+            tail = (folder / log).read_text().splitlines()[-15:]
+            raise RuntimeError(f"{run.label}: {key} failed; see {folder / log}:\n" + "\n".join(tail)) from err
         # seconds of this attempt (an interrupted run's earlier attempts are not counted)
         timings[f"{key}_seconds"] = round(time.perf_counter() - start, 1)
-        if proc.returncode:
-            tail = (folder / log).read_text().splitlines()[-15:]
-            raise RuntimeError(f"{run.label}: {key} failed (exit {proc.returncode}); see {folder / log}:\n"
-                               + "\n".join(tail))  # fmt: skip
     write_json_atomically(timings, done)
     return timings
 

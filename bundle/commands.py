@@ -1,0 +1,53 @@
+"""The bundle's own commands (``python -m monai.bundle ...``) run in a subprocess.
+
+Experiments, figures and the export call the same commands a user types, so what they measure is
+what a user gets. The bundle folder ``cwd`` is put on ``PYTHONPATH`` so that its configs'
+``$import bundle`` finds that folder's package (an exported task folder carries its own copy).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO
+
+
+def bundle_args(command: str, config_files: Sequence[str], overrides: Mapping | None = None) -> list[str]:
+    """Arguments of ``python -m monai.bundle <command> --config_file [...] --key value ...``.
+
+    ``command`` is ``monai.bundle``'s sub-command and its positional arguments, e.g. ``"run training"``.
+    Non-string override values are passed as JSON, as the command line expects.
+    """
+    args = [*command.split(), "--config_file", json.dumps([str(f) for f in config_files])]
+    for name, value in (overrides or {}).items():
+        args += [f"--{name}", value if isinstance(value, str) else json.dumps(value)]
+    return args
+
+
+def run_bundle(args: Sequence[str], cwd: str | os.PathLike, log: IO[str] | None = None) -> str:
+    """Run ``python -m monai.bundle *args`` in the bundle folder ``cwd``.
+
+    Output goes to ``log`` when given (then ``""`` is returned), else it is returned. A failing
+    command raises ``RuntimeError`` with the command and the end of its output.
+    """
+    cwd = Path(cwd)
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    env["PYTHONPATH"] = os.pathsep.join([str(cwd), env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, "-m", "monai.bundle", *args]
+    if log is not None:
+        log.flush()
+        proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
+        output = ""
+    else:
+        proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+        output = proc.stdout + proc.stderr
+    if proc.returncode:
+        tail = output[-3000:] if log is None else f"(see {getattr(log, 'name', 'the log')})"
+        raise RuntimeError(
+            f"`monai.bundle {' '.join(args[:3])} ...` failed in {cwd} (exit {proc.returncode}):\n{tail}"
+        )
+    return output

@@ -1,0 +1,38 @@
+"""Running the bundle's own commands in a subprocess (used by experiments, figures and export)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bundle.commands import bundle_args, run_bundle
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bundle_args_pass_non_strings_as_json():
+    args = bundle_args(
+        "run training", ["a.json", Path("b.json")], {"shots": 4, "seed": 0, "backbone": "vit_b"}
+    )
+    assert args == ["run", "training", "--config_file", json.dumps(["a.json", "b.json"]),
+                    "--shots", "4", "--seed", "0", "--backbone", "vit_b"]  # fmt: skip
+
+
+def test_run_bundle_returns_output_and_names_the_failing_command(tmp_path):
+    schema = tmp_path / "schema.json"
+    shutil.copy(ROOT / "tests" / "fixtures" / "meta_schema_20240725.json", schema)
+    out = run_bundle(
+        ["verify_metadata", "--meta_file", "configs/metadata.json", "--filepath", str(schema)], ROOT
+    )
+    assert "verified with no error" in out
+    broken = tmp_path / "metadata.json"
+    broken.write_text("{}")
+    with pytest.raises(RuntimeError, match=r"monai.bundle verify_metadata --meta_file .* failed in"):
+        run_bundle(["verify_metadata", "--meta_file", str(broken), "--filepath", str(schema)], ROOT)
+    log = tmp_path / "log.txt"
+    with open(log, "w") as f, pytest.raises(RuntimeError, match="see .*log.txt"):
+        run_bundle(["verify_metadata", "--meta_file", str(broken), "--filepath", str(schema)], ROOT, log=f)
+    assert "Traceback" in log.read_text() or "Error" in log.read_text()
