@@ -65,15 +65,19 @@ def write_report(runs, settings: GridSettings, report: Path, iterations: int) ->
         mine = [r for r in results if r.run.dataset == name and r.run.seed is not None]
         if not mine:
             continue
-        k, seed = min(r.run.shots for r in mine), min(r.run.seed for r in mine)
-        trained = [r.run for r in mine if r.run.shots == k and r.run.seed == seed]
-        made.append(figures.training_curves(trained, settings.root, fig_dir / f"training_{name}_{k}shot.png"))
-        best = [r for r in mine if r.run.shots == k and r.run.seed == seed and r.run.method == "blo-sam"]
-        cases_png = fig_dir / f"cases_{name}_{k}shot.png"
-        if best and (best[0].run.folder(settings.root) / "models" / "model.pt").is_file():
-            made.append(figures.overlay_grid(best[0], settings.root, cases_png))
-        elif cases_png.is_file():  # a record without checkpoints (as committed) keeps its figure
-            made.append(cases_png)
+        seed = min(r.run.seed for r in mine)
+        for k in sorted({r.run.shots for r in mine}):  # curves and cases of the first seed, per shots
+            trained = [r.run for r in mine if r.run.shots == k and r.run.seed == seed]
+            if not trained:
+                continue
+            curves_png = fig_dir / f"training_{name}_{k}shot.png"
+            made.append(figures.training_curves(trained, settings.root, curves_png))
+            best = [r for r in mine if r.run.shots == k and r.run.seed == seed and r.run.method == "blo-sam"]
+            cases_png = fig_dir / f"cases_{name}_{k}shot.png"
+            if best and (best[0].run.folder(settings.root) / "models" / "model.pt").is_file():
+                made.append(figures.overlay_grid(best[0], settings.root, cases_png))
+            elif cases_png.is_file():  # a record without checkpoints (as committed) keeps its figure
+                made.append(cases_png)
     lines += ["Figures:", ""] + [f"- `{p.relative_to(report.parent)}`" for p in made if p is not None] + [""]
     notes = report.with_name(f"{report.stem}_notes.md")  # a hand-written reading, kept across rewrites
     if notes.is_file():
