@@ -16,6 +16,18 @@ from pathlib import Path
 from typing import IO
 
 
+def merged_config(files: Sequence[str | os.PathLike], overrides: Mapping | None = None) -> dict:
+    """The config a command runs with: ``files`` merged as ``--config_file`` merges them, then
+    ``overrides`` set as ``--key value`` sets them (unresolved, as written)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(f) for f in files])
+    for name, value in (overrides or {}).items():
+        parser[name] = value
+    return parser.get()
+
+
 def bundle_args(command: str, config_files: Sequence[str], overrides: Mapping | None = None) -> list[str]:
     """Arguments of ``python -m monai.bundle <command> --config_file [...] --key value ...``.
 

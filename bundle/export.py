@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from bundle.atomic import atomic_path
-from bundle.commands import run_bundle
+from bundle.commands import merged_config, run_bundle
 
 PROJECT = Path(__file__).resolve().parents[1]
 # inference.json keys a training config may set for its task (paths and devices are not carried)
@@ -48,13 +48,8 @@ class ExportReport:
 
 def task_settings(config_files: list[str], overrides: dict | None = None) -> dict:
     """The task's values of :data:`TASK_KEYS` from its training configs (unresolved, as written)."""
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(config_files)
-    for key, value in (overrides or {}).items():
-        parser[key] = value
-    return {k: parser[k] for k in TASK_KEYS if k in parser}
+    config = merged_config(config_files, overrides)
+    return {k: config[k] for k in TASK_KEYS if k in config}
 
 
 def measured_dice(eval_dir: str | Path) -> dict[str, float]:
@@ -71,17 +66,9 @@ def measured_dice(eval_dir: str | Path) -> dict[str, float]:
 def inference_config(settings: dict, volumes: bool = False) -> dict:
     """``configs/inference.json`` with the task's settings and, for a volume task,
     ``configs/volumes.json`` merged in (unresolved, as written)."""
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
     configs = PROJECT / "configs"
-    parser.read_config(
-        [str(configs / "inference.json")] + ([str(configs / "volumes.json")] if volumes else [])
-    )
-    config = parser.get()
-    config.update(settings)
-    config["input_dir"] = "$@bundle_root + '/sample'"
-    return config
+    files = [configs / "inference.json"] + ([configs / "volumes.json"] if volumes else [])
+    return merged_config(files, {**settings, "input_dir": "$@bundle_root + '/sample'"})
 
 
 def _metadata(settings: dict, name: str, metrics: dict, input_size: int, volumes: bool = False) -> dict:

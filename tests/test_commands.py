@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bundle.commands import bundle_args, run_bundle
+from bundle.commands import bundle_args, merged_config, run_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,6 +19,16 @@ def test_bundle_args_pass_non_strings_as_json():
     )
     assert args == ["run", "training", "--config_file", json.dumps(["a.json", "b.json"]),
                     "--shots", "4", "--seed", "0", "--backbone", "vit_b"]  # fmt: skip
+
+
+def test_merged_config_merges_files_in_order_then_applies_overrides(tmp_path):
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    first.write_text(json.dumps({"shots": 2, "optim": {"lr": 0.1, "wd": 0.0}, "seed": 0}))
+    second.write_text(json.dumps({"shots": 4, "optim": {"lr": 0.01}}))
+    merged = merged_config([first, str(second)], {"seed": 3, "optim#wd": 0.5})
+    assert merged.pop("_meta_") == {}  # MONAI's parser always adds an (empty) metadata section
+    # a later file replaces a top-level key as a whole; an '#' override sets one nested value
+    assert merged == {"shots": 4, "optim": {"lr": 0.01, "wd": 0.5}, "seed": 3}
 
 
 def test_run_bundle_returns_output_and_names_the_failing_command(tmp_path):

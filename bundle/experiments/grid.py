@@ -20,7 +20,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from bundle.atomic import write_json_atomically
-from bundle.commands import bundle_args, run_bundle
+from bundle.commands import bundle_args, merged_config, run_bundle
 
 PROJECT = Path(__file__).resolve().parents[2]
 CONFIGS = PROJECT / "configs"
@@ -172,17 +172,6 @@ def run_commands(run: Run, settings: GridSettings) -> dict[str, dict]:
         "training": {"files": files, "overrides": overrides},
         "evaluating": {"files": eval_files, "overrides": eval_overrides},
     }
-
-
-def merged_config(files: list[str], overrides: dict) -> dict:
-    """The config a command runs with: its files merged, then the overrides (unresolved)."""
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(files)
-    for name, value in overrides.items():
-        parser[name] = value
-    return parser.get()
 
 
 def execute(run: Run, settings: GridSettings) -> dict:

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from scipy.stats import wilcoxon
 
+from bundle.commands import merged_config
 from bundle.experiments import METHODS, GridSettings, Run, collect, paired_test, plan_grid, summary_table
-from bundle.experiments.grid import merged_config, run_commands
+from bundle.experiments.grid import run_commands
 
 ALL = list(METHODS)
 
