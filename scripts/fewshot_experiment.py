@@ -67,15 +67,15 @@ def write_report(runs, settings: GridSettings, report: Path, iterations: int) ->
             continue
         seed = min(r.run.seed for r in mine)
         for k in sorted({r.run.shots for r in mine}):  # curves and cases of the first seed, per shots
-            trained = [r.run for r in mine if r.run.shots == k and r.run.seed == seed]
+            trained = [r for r in mine if r.run.shots == k and r.run.seed == seed]
             if not trained:
                 continue
             curves_png = fig_dir / f"training_{name}_{k}shot.png"
-            made.append(figures.training_curves(trained, settings.root, curves_png))
-            best = [r for r in mine if r.run.shots == k and r.run.seed == seed and r.run.method == "blo-sam"]
+            made.append(figures.training_curves([r.run for r in trained], settings.root, curves_png))
+            blo_sam = [r for r in trained if r.run.method == "blo-sam"]
             cases_png = fig_dir / f"cases_{name}_{k}shot.png"
-            if best and (best[0].run.folder(settings.root) / "models" / "model.pt").is_file():
-                made.append(figures.overlay_grid(best[0], settings.root, cases_png))
+            if blo_sam and (blo_sam[0].run.folder(settings.root) / "models" / "model.pt").is_file():
+                made.append(figures.overlay_grid(blo_sam[0], settings.root, cases_png))
             elif cases_png.is_file():  # a record without checkpoints (as committed) keeps its figure
                 made.append(cases_png)
     lines += ["Figures:", ""] + [f"- `{p.relative_to(report.parent)}`" for p in made if p is not None] + [""]
