@@ -25,6 +25,7 @@ from bundle.experiments import (  # noqa: E402
     collect,
     compute_time,
     figures,  # noqa: E402
+    per_seed_table,
     plan_grid,
     run_grid,
     summary_table,
@@ -54,6 +55,10 @@ def write_report(runs, settings: GridSettings, report: Path, iterations: int) ->
         "Methods: " + "; ".join(f"`{m.name}`: {m.description}" for m in METHODS.values()) + ".",
         "",
         summary_table(results),
+        "",
+        "Per seed (Dice %, a run's mean over the test cases; the best method of each row in bold):",
+        "",
+        per_seed_table(results),
         "",
         f"Finished runs: {len(results)} of {len(runs)} planned; compute {compute_time(results) / 3600:.2f} h "
         "(training + evaluation, sum over runs).",

@@ -82,5 +82,7 @@ def test_single_level_baselines_train_on_d1_and_d2_with_the_same_images_per_iter
     assert (id(network.prompt_embedding) in optimised) == (method == "joint")
     assert isinstance(parser.get_parsed_content("train#trainer"), SupervisedTrainer)
     # only the scheduler of the optimiser it steps: an unused one would step before its optimiser
-    schedulers = [h.lr_scheduler for h in parser.get_parsed_content("train#handlers") if hasattr(h, "lr_scheduler")]
+    schedulers = [
+        h.lr_scheduler for h in parser.get_parsed_content("train#handlers") if hasattr(h, "lr_scheduler")
+    ]
     assert schedulers == [parser.get_parsed_content("lower_lr_scheduler")]

@@ -139,6 +139,26 @@ def summary_table(results: list[RunResult], reference: str = "blo-sam") -> str:
     return "\n".join(lines)
 
 
+def per_seed_table(results: list[RunResult]) -> str:
+    """Markdown: each seeded run's mean Dice, one row per data set, shots and seed, one column per
+    trained method; the best of a row in bold (ties all bold), ``-`` where a run has not finished."""
+    methods = [m for m in METHODS if METHODS[m].seeded and any(r.run.method == m for r in results)]
+    lines = ["| data set | shots | seed | " + " | ".join(methods) + " |"]
+    lines.append("|---|---|---|" + "---|" * len(methods))
+    keys = sorted({(r.run.dataset, r.run.shots, r.run.seed) for r in results if r.run.seed is not None},
+                  key=lambda k: (list(DATASETS).index(k[0]), k[1], k[2]))  # fmt: skip
+    for name, k, seed in keys:
+        scores = {r.run.method: round(100 * r.mean_dice, 1) for r in results
+                  if (r.run.dataset, r.run.shots, r.run.seed) == (name, k, seed)}  # fmt: skip
+        best = max(scores.values())
+        cells = [
+            "-" if m not in scores else f"**{scores[m]:.1f}**" if scores[m] == best else f"{scores[m]:.1f}"
+            for m in methods
+        ]
+        lines.append(f"| {name} | {k} | {seed} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def compute_time(results: list[RunResult]) -> float:
     """Total seconds spent training and evaluating the finished runs."""
     return sum(sum(r.seconds.values()) for r in results)

@@ -12,7 +12,16 @@ import pytest
 from scipy.stats import wilcoxon
 
 from bundle.commands import merged_config
-from bundle.experiments import METHODS, GridSettings, Run, collect, paired_test, plan_grid, summary_table
+from bundle.experiments import (
+    METHODS,
+    GridSettings,
+    Run,
+    collect,
+    paired_test,
+    per_seed_table,
+    plan_grid,
+    summary_table,
+)
 from bundle.experiments.grid import run_commands
 
 ALL = list(METHODS)
@@ -106,3 +115,17 @@ def test_summary_reports_mean_and_std_over_seeds_and_a_paired_wilcoxon_test(tmp_
     assert median > 0.03 and p < 1e-3
     # the unseeded baseline is paired with every seed's cases
     assert paired_test(blo, [r for r in results if r.run.method == "no-prompt"])[2] == 36
+
+
+def test_per_seed_table_has_a_row_per_seed_and_marks_the_best_method(tmp_path):
+    runs = plan_grid(["jsrt"], [0, 1], ["blo-sam", "joint", "zero-shot"], shots={"jsrt": [2]})
+    scores = {(0, "blo-sam"): 0.80, (0, "joint"): 0.90, (1, "blo-sam"): 0.93, (1, "joint"): 0.91}
+    for run in runs:
+        value = 0.95 if run.seed is None else scores[(run.seed, run.method)]
+        _fake_run(tmp_path, run, [value - 0.01, value + 0.01], [5.0, 5.0])
+    table = per_seed_table(collect(runs, tmp_path)).splitlines()
+    assert table[0] == "| data set | shots | seed | blo-sam | joint |"  # unseeded baselines have no seed row
+    assert table[2:] == ["| jsrt | 2 | 0 | 80.0 | **90.0** |", "| jsrt | 2 | 1 | **93.0** | 91.0 |"]
+    # an unfinished run shows as "-"
+    partial = [r for r in collect(runs, tmp_path) if (r.run.seed, r.run.method) != (1, "joint")]
+    assert per_seed_table(partial).splitlines()[-1] == "| jsrt | 2 | 1 | **93.0** | - |"
