@@ -18,31 +18,51 @@ from bundle.experiments.summary import RunResult  # noqa: E402
 
 
 def dice_vs_shots(results: list[RunResult], dataset: str, path: Path) -> Path | None:
-    """Mean ± std (over seeds) Dice against shots per method; unseeded baselines as lines."""
+    """Mean ± std (over seeds, as in the table) Dice against shots per method, with the paper's points.
+
+    Unseeded baselines are horizontal lines. The y-axis spans the trained methods, the paper and the
+    upper bound; a baseline far below (the no-prompt floor at 0) is named with its value instead of
+    squashing the differences between methods into a few pixels.
+    """
     mine = [r for r in results if r.run.dataset == dataset]
     if not mine:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
     shots = sorted({r.run.shots for r in mine if r.run.shots})
+    seeded = [m for m, spec in METHODS.items() if spec.seeded and any(r.run.method == m for r in mine)]
+    width = 0.04 * (max(shots) - min(shots) or 1)  # side-by-side error bars at the same shots
+    shown: list[float] = []
     for method, spec in METHODS.items():
         cell = [r for r in mine if r.run.method == method]
-        if not cell:
+        if not cell or spec.seeded:
             continue
-        if not spec.seeded:
-            ax.axhline(100 * cell[0].mean_dice, linestyle="--", linewidth=1, label=method, color="grey"
-                       if method == "no-prompt" else "black")  # fmt: skip
-            continue
+        value = 100 * cell[0].mean_dice
+        ax.axhline(value, linestyle="--", linewidth=1, color="grey" if method == "no-prompt" else "black",
+                   label=f"{method} ({value:.1f})")  # fmt: skip
+        if value > 50:
+            shown.append(value)
+    for i, method in enumerate(seeded):
+        cell = [r for r in mine if r.run.method == method]
         ks = [k for k in shots if any(r.run.shots == k for r in cell)]
-        means = [100 * np.mean([r.mean_dice for r in cell if r.run.shots == k]) for k in ks]
-        stds = [100 * np.std([r.mean_dice for r in cell if r.run.shots == k]) for k in ks]
-        ax.errorbar(ks, means, yerr=stds, marker="o", capsize=3, label=method)
-    paper = DATASETS[dataset].paper_blo_sam
-    ax.scatter(list(paper), list(paper.values()), marker="x", color="red", label="paper BLO-SAM (ViT-B)")
-    ax.set_xticks(sorted(set(shots) | set(paper)))
+        scores = [[100 * r.mean_dice for r in cell if r.run.shots == k] for k in ks]
+        means = [float(np.mean(v)) for v in scores]
+        stds = [float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for v in scores]
+        xs = [k + (i - (len(seeded) - 1) / 2) * width for k in ks]
+        ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=method)
+        shown += [m - s for m, s in zip(means, stds, strict=True)] + [
+            m + s for m, s in zip(means, stds, strict=True)
+        ]
+    for paper, marker, name in ((DATASETS[dataset].paper_blo_sam, "x", "BLO-SAM"),
+                                (DATASETS[dataset].paper_samed, "+", "SAMed")):  # fmt: skip
+        ax.scatter(list(paper), list(paper.values()), marker=marker, s=50, color="red" if name == "BLO-SAM"
+                   else "darkred", label=f"paper {name} (ViT-B)", zorder=3)  # fmt: skip
+        shown += list(paper.values())
+    ax.set_ylim(max(0.0, min(shown) - 3), min(100.0, max(shown) + 3))
+    ax.set_xticks(sorted(set(shots) | set(DATASETS[dataset].paper_blo_sam)))
     ax.set_xlabel("labelled images (shots)")
     ax.set_ylabel("Dice % (test, original resolution)")
     ax.set_title(f"{dataset}: Dice against shots (mean ± std over seeds)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
