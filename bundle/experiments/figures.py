@@ -14,7 +14,7 @@ from PIL import Image  # noqa: E402
 
 from bundle.commands import bundle_args, run_bundle  # noqa: E402
 from bundle.experiments.grid import CONFIGS, DATASETS, METHODS, PROJECT, Run  # noqa: E402
-from bundle.experiments.summary import RunResult  # noqa: E402
+from bundle.experiments.summary import RunResult, mean_std  # noqa: E402
 
 
 def dice_vs_shots(results: list[RunResult], dataset: str, path: Path) -> Path | None:
@@ -44,14 +44,12 @@ def dice_vs_shots(results: list[RunResult], dataset: str, path: Path) -> Path | 
     for i, method in enumerate(seeded):
         cell = [r for r in mine if r.run.method == method]
         ks = [k for k in shots if any(r.run.shots == k for r in cell)]
-        scores = [[100 * r.mean_dice for r in cell if r.run.shots == k] for k in ks]
-        means = [float(np.mean(v)) for v in scores]
-        stds = [float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for v in scores]
+        stats = [mean_std([100 * r.mean_dice for r in cell if r.run.shots == k]) for k in ks]
         xs = [k + (i - (len(seeded) - 1) / 2) * width for k in ks]
-        ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=method)
-        shown += [m - s for m, s in zip(means, stds, strict=True)] + [
-            m + s for m, s in zip(means, stds, strict=True)
-        ]
+        ax.errorbar(
+            xs, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3, label=method
+        )
+        shown += [m + sign * s for m, s in stats for sign in (-1, 1)]
     for paper, marker, name in ((DATASETS[dataset].paper_blo_sam, "x", "BLO-SAM"),
                                 (DATASETS[dataset].paper_samed, "+", "SAMed")):  # fmt: skip
         ax.scatter(list(paper), list(paper.values()), marker=marker, s=50, color="red" if name == "BLO-SAM"

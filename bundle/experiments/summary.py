@@ -50,13 +50,19 @@ def load_result(run: Run, root: Path) -> RunResult | None:
                      _per_case(folder / "eval" / "val_hd95_raw.csv"), seconds)  # fmt: skip
 
 
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1, 0 for a single value) of per-run scores."""
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def _mean_std(values: list[float], digits: int = 1, scale: float = 1.0) -> str:
     values = [v * scale for v in values if not math.isnan(v)]
     if not values:
         return "-"
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
-    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+    mean, std = mean_std(values)
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def _nanmean(values: list[float]) -> float:
