@@ -2,6 +2,14 @@
 
 from bundle.engines.batches import GroundTruthPromptBatch
 from bundle.engines.bilevel import BiLevelEvents, BiLevelTrainer, loss_items
+from bundle.engines.distributed import (
+    destroy_distributed,
+    distributed_device,
+    init_distributed,
+    is_main_process,
+    rank,
+    world_size,
+)
 from bundle.engines.hypergradient import (
     ExactHypergradient,
     FiniteDifferenceHypergradient,
@@ -17,5 +25,11 @@ __all__ = [
     "FirstOrderHypergradient",
     "GroundTruthPromptBatch",
     "build_hypergradient",
+    "destroy_distributed",
+    "distributed_device",
+    "init_distributed",
+    "is_main_process",
     "loss_items",
+    "rank",
+    "world_size",
 ]

@@ -23,6 +23,7 @@ from monai.transforms import Transform
 from monai.utils import CommonKeys as Keys
 from torch.optim import Optimizer
 
+from bundle.engines.distributed import average_across_ranks, broadcast_module, world_size
 from bundle.engines.hypergradient import FirstOrderHypergradient, LowerStep
 
 
@@ -47,6 +48,11 @@ class BiLevelTrainer(Trainer):
     One engine iteration = one lower step on the D1 batch Ignite hands over + one upper step on
     the next batch of D2, drawn from its own iterator that cycles over D2 (so every D2 sample is
     seen once per pass and consecutive upper steps see different batches).
+
+    Under ``torchrun`` (a process group initialised, see :mod:`bundle.engines.distributed`) each
+    process gets its share of every global batch; rank 0's weights are broadcast at the start, both
+    levels' gradients and the reported losses are averaged across processes, so every process takes
+    the step one process takes on the global batch.
 
     Args:
         device: torch device.
@@ -117,10 +123,14 @@ class BiLevelTrainer(Trainer):
         self.logger.info(f"bi-level training with the {name!r} hypergradient, amp={self.amp}")
 
     def run(self) -> None:  # type: ignore[override]
-        dev = torch.device(self.state.device)
-        # a loss scaler only matters for float16 on CUDA; CPU autocast uses bfloat16
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp and dev.type == "cuda" else None
+        self.scaler = self._make_scaler()
+        broadcast_module(self.network)  # identical starting weights on every process, as DDP does
         super(Trainer, self).run()
+
+    def _make_scaler(self) -> torch.amp.GradScaler | None:
+        # a loss scaler only matters for float16 on CUDA; CPU autocast uses bfloat16
+        dev = torch.device(self.state.device)
+        return torch.amp.GradScaler("cuda") if self.amp and dev.type == "cuda" else None
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The autocast context of this trainer (a no-op unless ``amp``)."""
@@ -145,11 +155,22 @@ class BiLevelTrainer(Trainer):
         return batch[0], batch[1]
 
     def _step(self, optimizer: Optimizer) -> None:
+        # the scale is updated once per iteration (in _iteration), after both levels stepped: both
+        # levels' gradients are scaled by the same factor, and a non-finite gradient in either
+        # lowers it once, as GradScaler expects for several optimisers in one iteration
         if self.scaler is not None:
             self.scaler.step(optimizer)
-            self.scaler.update()
         else:
             optimizer.step()
+
+    def _average_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        if world_size() == 1:
+            return
+        # every process must all-reduce the same buffer: a missing gradient counts as zero
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        average_across_ranks([p.grad for p in params])
 
     def _iteration(self, engine: BiLevelTrainer, batchdata: Any) -> dict:
         if batchdata is None:
@@ -171,6 +192,7 @@ class BiLevelTrainer(Trainer):
             engine.state.output[Keys.LOSS] = loss
             engine.fire_event(IterationEvents.LOSS_COMPLETED)
         (engine.scaler.scale(loss) if engine.scaler is not None else loss).backward()
+        engine._average_gradients(list(engine.network.lower_parameters()))
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
         engine._step(engine.lower_optimizer)
         if needs_lower_step:  # the step's gradient, unscaled (GradScaler.step unscales p.grad in place)
@@ -188,17 +210,21 @@ class BiLevelTrainer(Trainer):
         engine.upper_optimizer.zero_grad(set_to_none=True)
         upper_inputs, upper_targets = engine._prepare(engine.next_upper_batch())
         start = time.perf_counter()
-        upper = engine.hypergradient(engine, upper_inputs, upper_targets)
+        upper = engine.hypergradient(engine, upper_inputs, upper_targets)  # averaged across ranks
         engine._step(engine.upper_optimizer)
+        if engine.scaler is not None:
+            engine.scaler.update()
         upper_seconds = time.perf_counter() - start
         engine.fire_event(BiLevelEvents.UPPER_COMPLETED)
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
 
+        losses = torch.stack([loss.detach().float(), upper.loss.detach().float()])
+        average_across_ranks([losses])  # report the global batches' losses, as one process would
         engine.state.output.update(
             {
                 Keys.LOSS: loss.detach(),
-                "lower_loss": loss.item(),
-                "upper_loss": upper.loss.item(),
+                "lower_loss": losses[0].item(),
+                "upper_loss": losses[1].item(),
                 "hypergrad_norm": upper.grad_norm,
                 "upper_seconds": upper_seconds,
             }

@@ -24,6 +24,19 @@ does not depend on phi.
 The hypergradient is then
 ``grad_phi L2(W', phi) - d2L1/(dphi dW) (D * grad_W' L2(W', phi))``; the finite-difference and the
 exact variant compute the same quantity, which is what makes the first a check of the second.
+
+Mixed precision. The first-order variant runs under the trainer's autocast with the GradScaler's
+scaled loss, like the lower step. The second-order terms are computed in float32 (autocast off):
+a central difference at radius 1e-3 changes activations by about 1e-3 relative, the size of
+float16 / bfloat16 rounding, so in half precision it would measure rounding noise (and float16
+gradients of an unscaled loss underflow). Every variant leaves ``scale * hypergradient`` in
+``p.grad`` when a GradScaler is in use, so ``scaler.step`` unscales it and skips a non-finite step.
+
+Several processes (``torchrun``). Each process holds its share of the D1 and D2 batches; the
+hypergradient of the global batches is the average of the processes' ones once the quantities
+that are not linear in the data are global: the lower step (its gradient is averaged before the
+step) and the direction ``u`` (``grad_W' L2`` is averaged before ``u`` is formed). The exact
+variant is not supported there.
 """
 
 from __future__ import annotations
@@ -33,6 +46,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from bundle.engines.distributed import average_across_ranks, world_size
 
 
 @dataclass
@@ -84,15 +99,20 @@ def lower_step_scale(
 
 
 def _set_grads(engine, params: list[Tensor], grads: list[Tensor]) -> float:
-    # GradScaler.step unscales p.grad: hand it scaled values when a scaler is in use
+    """Average the (unscaled) hypergradient across processes, leave it in ``p.grad`` (times the
+    GradScaler's scale, which ``scaler.step`` divides out) and return its norm."""
+    grads = [g.detach().to(p.dtype).clone() for p, g in zip(params, grads, strict=True)]
+    average_across_ranks(grads)
     scale = float(engine.scaler.get_scale()) if engine.scaler is not None else 1.0
     for p, g in zip(params, grads, strict=True):
-        p.grad = (g * scale).to(p.dtype).detach()
+        p.grad = g * scale if scale != 1.0 else g
     return float(torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads])))
 
 
-def _loss(engine, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-    with engine.autocast():
+def _loss(engine, inputs: Tensor, targets: Tensor, full_precision: bool = False) -> tuple[Tensor, Tensor]:
+    # full_precision: autocast off inside the trainer's autocast (second-order terms, see above)
+    context = torch.autocast(inputs.device.type, enabled=False) if full_precision else engine.autocast()
+    with context:
         pred = engine.inferer(inputs, engine.network)
         return engine.loss_function(pred, targets).mean(), pred
 
@@ -111,9 +131,10 @@ class FirstOrderHypergradient:
         params = list(engine.network.upper_parameters())
         loss, pred = _loss(engine, inputs, targets)
         scaled = engine.scaler.scale(loss) if engine.scaler is not None else loss
-        grads = torch.autograd.grad(scaled, params)
+        grads = [g.detach() for g in torch.autograd.grad(scaled, params)]
+        average_across_ranks(grads)  # scaled gradients average like unscaled ones (same scale everywhere)
         for p, g in zip(params, grads, strict=True):
-            p.grad = g.detach()
+            p.grad = g
         norm = float(torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads])))
         if engine.scaler is not None:
             norm /= float(engine.scaler.get_scale())
@@ -133,6 +154,9 @@ class FiniteDifferenceHypergradient:
     if the perturbation crosses no kink. On LiteMedSAM after 5 AdamW steps the difference against
     the exact hypergradient is (relative error) 0.68 at 0.01 and 6e-4 at 1e-3 in float32 (7e-7 in
     float64); at 1e-4 float32 rounding starts to show (6e-3). ``tests/engines/test_hypergradient.py``.
+
+    Computed in float32 whatever the trainer's autocast (see the module docstring), so with AMP
+    it equals the hypergradient of an fp32 run at the same weights.
     """
 
     name = "finite_difference"
@@ -144,16 +168,17 @@ class FiniteDifferenceHypergradient:
     def __call__(self, engine, inputs: Tensor, targets: Tensor) -> UpperStep:
         net, lower_step = engine.network, engine.lower_step
         lower, upper = list(net.lower_parameters()), list(net.upper_parameters())
-        loss, pred = _loss(engine, inputs, targets)
+        loss, pred = _loss(engine, inputs, targets, full_precision=True)
         grads = torch.autograd.grad(loss, lower + upper)
-        v, first = grads[: len(lower)], grads[len(lower) :]
+        v, first = [g.detach() for g in grads[: len(lower)]], grads[len(lower) :]
+        average_across_ranks(v)  # u must be the global batch's direction, the same on every rank
         u = [
             d * g
             for d, g in zip(lower_step_scale(engine.lower_optimizer, lower, lower_step.grads), v, strict=True)
         ]
         u_norm = math.sqrt(sum(float((x.double() ** 2).sum()) for x in u))
         hyper = list(first)
-        if u_norm > 0:
+        if u_norm > 0 and math.isfinite(u_norm):  # else a non-finite hypergradient: the scaler skips the step
             eps = self.radius / u_norm
             updated = [p.detach().clone() for p in lower]
             sides = []
@@ -161,7 +186,7 @@ class FiniteDifferenceHypergradient:
                 with torch.no_grad():
                     for p, w, x in zip(lower, lower_step.params_before, u, strict=True):
                         p.copy_(w + sign * eps * x)
-                side_loss, _ = _loss(engine, lower_step.inputs, lower_step.targets)
+                side_loss, _ = _loss(engine, lower_step.inputs, lower_step.targets, full_precision=True)
                 sides.append(torch.autograd.grad(side_loss, upper))
             with torch.no_grad():
                 for p, w in zip(lower, updated, strict=True):
@@ -187,6 +212,11 @@ class ExactHypergradient:
     def __call__(self, engine, inputs: Tensor, targets: Tensor) -> UpperStep:
         from torch.func import functional_call, grad
 
+        if world_size() > 1:
+            raise NotImplementedError(
+                "the exact hypergradient runs in one process only (it is for checking and small models); "
+                "use 'finite_difference' for second order with several processes."
+            )
         net, lower_step = engine.network, engine.lower_step
         names = {id(p): n for n, p in net.named_parameters()}
         lower, upper = list(net.lower_parameters()), list(net.upper_parameters())

@@ -1,0 +1,120 @@
+"""Data-parallel training of the bi-level trainer across processes (``torchrun``), on GPUs (NCCL) or CPUs (gloo).
+
+Every process holds the whole model and computes on its shard of each global D1 / D2 batch
+(:class:`bundle.data.CyclicShuffleSampler` with ``num_replicas`` / ``rank``); gradients are
+averaged across processes before each optimiser step, so all processes take the same step, the one a
+single process takes on the global batch (the losses are means over equal-sized shards).
+
+Why not ``torch.nn.parallel.DistributedDataParallel``: DDP averages gradients in hooks that fire
+when ``backward()`` accumulates into ``.grad``. The upper level takes its gradients with
+``torch.autograd.grad`` (which DDP does not support) and the finite-difference hypergradient runs
+several forward/backward passes per step on perturbed weights; what must be averaged there is not
+one backward's gradient but intermediate quantities (the direction ``u`` and the final
+hypergradient). So the trainer averages explicitly, with the same collective DDP uses
+(``all_reduce``) and the same start-up broadcast of rank 0's weights. Rank and world size come from
+``ignite.distributed``, which follows a process group initialised by :func:`init_distributed`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import ignite.distributed as idist
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+def distributed_device() -> torch.device:
+    """This process's device: ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+    return torch.device("cpu")
+
+
+def init_distributed() -> torch.device:
+    """Join the process group ``torchrun`` describes (NCCL on GPUs, gloo on CPUs); a no-op in a
+    single process or when a group exists.
+
+    Returns:
+        this process's device (:func:`distributed_device`).
+    """
+    device = distributed_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL collectives and all_gather_object use the current device
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def destroy_distributed() -> None:
+    """Leave the process group (if any), after every rank has finished."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def world_size() -> int:
+    """Number of processes (1 without a process group)."""
+    return idist.get_world_size()
+
+
+def rank() -> int:
+    """This process's rank (0 without a process group)."""
+    return idist.get_rank()
+
+
+def is_main_process() -> bool:
+    """Whether this process writes checkpoints, caches and reports (rank 0)."""
+    return rank() == 0
+
+
+def average_across_ranks(tensors: Sequence[Tensor]) -> None:
+    """Replace each tensor in place by its mean over all processes (one all-reduce for the lot).
+
+    A no-op in a single process. Non-finite values stay non-finite everywhere, so a GradScaler
+    skips the same steps on every rank.
+    """
+    if world_size() == 1 or not tensors:
+        return
+    # plain views: gradients of MONAI MetaTensor inputs are MetaTensors, whose batch metadata
+    # makes cat / slicing fail; as_subclass shares the storage, so the copy-back is in place
+    tensors = [t.as_subclass(torch.Tensor) for t in tensors]
+    dtypes = {t.dtype for t in tensors}
+    dtype = dtypes.pop() if len(dtypes) == 1 else torch.float64
+    flat = torch.cat([t.detach().reshape(-1).to(dtype) for t in tensors])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= world_size()
+    offset = 0
+    for t in tensors:
+        n = t.numel()
+        t.copy_(flat[offset : offset + n].view_as(t))
+        offset += n
+
+
+def broadcast_module(module: torch.nn.Module) -> None:
+    """Copy rank 0's parameters and buffers to every process (what DDP does at construction)."""
+    if world_size() == 1:
+        return
+    with torch.no_grad():
+        for t in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(t.data, src=0)
+
+
+def gather_objects(obj: object) -> list:
+    """Every rank's ``obj``, in rank order (``[obj]`` in a single process)."""
+    if world_size() == 1:
+        return [obj]
+    out: list = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: object) -> object:
+    """Rank 0's ``obj`` on every rank (``obj`` itself in a single process)."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
