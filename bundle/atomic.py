@@ -25,18 +25,37 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     """Yield a temporary path beside ``path``; rename it over ``path`` if the block succeeds.
 
     The temporary name is hidden (it starts with a dot) and ends with ``suffix``; pass the file's
-    extension when the writer chooses the format from it.
+    extension when the writer chooses the format from it. The file gets the permissions a plain
+    ``open(path, "w")`` gives (0666 less the umask), not mkstemp's private 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())
+    finally:
+        os.close(fd)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux ``/proc``)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    # Elsewhere the only way is to set it and set it back (briefly process-wide).
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def save_atomically(obj: Any, path: str | os.PathLike) -> None:

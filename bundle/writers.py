@@ -18,8 +18,11 @@ from typing import Any
 from monai.data import ImageWriter
 from monai.handlers import MetricsSaver
 from monai.transforms import SaveImaged
+from monai.utils import ImageMetaKey
 
 from bundle.atomic import atomic_path
+from bundle.data.inputs import output_stem
+from bundle.errors import BundleInputError
 
 
 def atomic_writer(writer_cls: type[ImageWriter], ext: str) -> type[ImageWriter]:
@@ -30,7 +33,15 @@ def atomic_writer(writer_cls: type[ImageWriter], ext: str) -> type[ImageWriter]:
     """
 
     class AtomicWriter(writer_cls):  # type: ignore[valid-type, misc]
+        def set_metadata(self, meta_dict: Any = None, *args: Any, **kwargs: Any) -> Any:
+            self.source = (meta_dict or {}).get(ImageMetaKey.FILENAME_OR_OBJ)
+            return super().set_metadata(meta_dict, *args, **kwargs)
+
         def write(self, filename: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
+            source = getattr(self, "source", None)
+            if source and os.path.exists(filename) and os.path.samefile(str(source), filename):
+                # the last guard behind check_outputs: an input is never replaced by its own mask
+                raise BundleInputError(f"{filename}: refusing to overwrite the input image with its mask")
             with atomic_path(filename, suffix=ext) as tmp:
                 return super().write(str(tmp), *args, **kwargs)
 
@@ -38,10 +49,29 @@ def atomic_writer(writer_cls: type[ImageWriter], ext: str) -> type[ImageWriter]:
     return AtomicWriter
 
 
+def distinct_name_formatter(metadict: dict, saver: Any) -> dict:
+    """MONAI's default output name, except that inputs sharing a stem keep distinct names.
+
+    ``case.jpg`` and ``case.png`` in one folder would both be saved as ``case.png``; they become
+    ``case_jpg.png`` and ``case_png.png`` (see :func:`bundle.data.inputs.output_stem`).
+    """
+    source = (metadict or {}).get(ImageMetaKey.FILENAME_OR_OBJ)
+    idx = (metadict or {}).get(ImageMetaKey.PATCH_INDEX)
+    if not source or not os.path.isfile(str(source)):
+        return {"subject": f"{source if source else getattr(saver, '_data_index', 0)}", "idx": idx}
+    # FolderLayout drops the subject's last extension: give it one to drop.
+    return {"subject": f"{output_stem(source)}.out", "idx": idx}
+
+
 class AtomicSaveImaged(SaveImaged):
-    """``SaveImaged`` whose files appear complete or not at all; same arguments as MONAI's."""
+    """``SaveImaged`` whose files appear complete or not at all; same arguments as MONAI's.
+
+    Inputs of one folder that share a stem get distinct output names (:func:`distinct_name_formatter`)
+    unless ``output_name_formatter`` is given.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("output_name_formatter", distinct_name_formatter)
         super().__init__(*args, **kwargs)
         ext = self.saver.output_ext
         self.saver.writers = tuple(atomic_writer(w, ext) for w in self.saver.writers)

@@ -8,6 +8,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from bundle.errors import BundleInputError, MissingInputError
+
 logger = logging.getLogger(__name__)
 
 # Compound suffixes first so "case1.nii.gz" loses ".nii.gz", not only ".gz".
@@ -42,7 +44,7 @@ def _listed(ids: Sequence[str]) -> str:
 def _scan(folder: Path, pattern: str, strip: str = "") -> dict[str, str]:
     """Map stem -> path for the image files in ``folder`` matching ``pattern``."""
     if not folder.is_dir():
-        raise FileNotFoundError(f"folder not found: {folder} (check the data set path and folder names)")
+        raise MissingInputError(f"folder not found: {folder} (check the data set path and folder names)")
     found: dict[str, list[str]] = {}
     for path in folder.glob(pattern):
         if path.name.startswith(".") or not path.is_file():
@@ -56,7 +58,7 @@ def _scan(folder: Path, pattern: str, strip: str = "") -> dict[str, str]:
     duplicates = {s: p for s, p in found.items() if len(p) > 1}
     if duplicates:
         example = next(iter(sorted(duplicates)))
-        raise ValueError(
+        raise BundleInputError(
             f"{folder}: {len(duplicates)} file stem(s) occur more than once, e.g. {example}: "
             f"{sorted(duplicates[example])}; keep one file per case or narrow the glob '{pattern}'"
         )
@@ -80,14 +82,14 @@ def read_split_ids(split_file: str | os.PathLike, split: str | None = None) -> l
     """
     path = Path(split_file)
     if not path.is_file():
-        raise FileNotFoundError(f"split file not found: {path}")
+        raise MissingInputError(f"split file not found: {path}")
     text = path.read_text()
     if path.suffix.lower() == ".json":
         table = json.loads(text)
         if not isinstance(table, dict):
-            raise ValueError(f"{path}: expected a JSON object of split name -> list of ids")
+            raise BundleInputError(f"{path}: expected a JSON object of split name -> list of ids")
         if split is None or split not in table:
-            raise ValueError(f"{path}: choose a split with split=..., one of {sorted(table)} (got {split!r})")
+            raise BundleInputError(f"{path}: choose a split with split=..., one of {sorted(table)} (got {split!r})")
         ids = [str(i) for i in table[split]]
     else:
         ids = [line.strip() for line in text.splitlines()]
@@ -129,10 +131,10 @@ def folder_datalist(
     several = not isinstance(mask_dirs, (str, os.PathLike))
     mask_folders = [Path(m) for m in mask_dirs] if several else [Path(mask_dirs)]  # type: ignore[union-attr]
     if not mask_folders:
-        raise ValueError("folder_datalist: give at least one mask folder")
+        raise BundleInputError("folder_datalist: give at least one mask folder")
     images = _scan(image_dir, image_glob)
     if not images:
-        raise ValueError(
+        raise BundleInputError(
             f"no images matched '{image_glob}' in {image_dir}; check the folder and the glob "
             f"(image suffixes: {' '.join(IMAGE_SUFFIXES)})"
         )
@@ -140,26 +142,20 @@ def folder_datalist(
     for folder, found in zip(mask_folders, masks, strict=True):
         missing = sorted(set(images) - set(found))
         if missing:
-            raise ValueError(
+            raise BundleInputError(
                 f"{len(missing)} image(s) in {image_dir} have no mask matching '{mask_glob}' in {folder}: "
                 f"{_listed(missing)}; masks are matched by file stem"
-                + (
-                    f" after removing '{mask_suffix}'"
-                    if mask_suffix
-                    else " (set mask_suffix if they carry one)"
-                )
+                + (f" after removing '{mask_suffix}'" if mask_suffix else " (set mask_suffix if they carry one)")
             )
         extra = sorted(set(found) - set(images))
         if extra:
-            logger.warning(
-                "%d mask(s) in %s have no image in %s: %s", len(extra), folder, image_dir, _listed(extra)
-            )
+            logger.warning("%d mask(s) in %s have no image in %s: %s", len(extra), folder, image_dir, _listed(extra))
     ids = sorted(images)
     if split_file is not None:
         wanted = read_split_ids(split_file, split)
         unknown = sorted(set(wanted) - set(images))
         if unknown:
-            raise ValueError(
+            raise BundleInputError(
                 f"{split_file}: {len(unknown)} id(s) of split {split!r} have no image in {image_dir}: "
                 f"{_listed(unknown)}"
             )

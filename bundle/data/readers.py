@@ -21,6 +21,8 @@ from monai.transforms import LoadImage, LoadImaged
 from monai.utils import ensure_tuple, optional_import
 from PIL import Image
 
+from bundle.errors import BundleInputError, MissingInputError
+
 _, HAS_ITK = optional_import("itk")
 
 # Suffixes (lower case) handled by each reader; ``read_image`` dispatches on them.
@@ -169,7 +171,7 @@ def reader_for(filename: os.PathLike | str) -> ImageReader:
         A reader instance.
 
     Raises:
-        ValueError: no reader handles this suffix (the message names the file).
+        BundleInputError: no reader handles this suffix (the message names the file).
     """
     path = Path(filename)
     if _has_suffix(path, JSRT_SUFFIXES):
@@ -184,7 +186,7 @@ def reader_for(filename: os.PathLike | str) -> ImageReader:
         from monai.data import ITKReader
 
         return ITKReader()
-    raise ValueError(
+    raise BundleInputError(
         f"{path}: no reader for this file type; supported: {PIL_SUFFIXES + JSRT_SUFFIXES + NIFTI_SUFFIXES}"
         f" and DICOM{'' if HAS_ITK else ' (install itk for ' + ', '.join(ITK_SUFFIXES) + ')'}"
     )
@@ -207,16 +209,16 @@ def read_image(filename: os.PathLike | str, dtype: Any = None) -> MetaTensor:
         A MetaTensor of shape (C, *spatial).
 
     Raises:
-        ValueError: the file is missing, corrupt, truncated or not an image.
+        BundleInputError: the file is missing, corrupt, truncated or not an image.
     """
     path = Path(filename)
     if not path.exists():
-        raise ValueError(f"{path}: file not found")
+        raise MissingInputError(f"{path}: file not found")
     reader = reader_for(path)
     try:
         image = _loader(dtype)(str(path), reader=reader)
-    except Exception as err:  # readers raise many types; the caller needs the file name
-        raise ValueError(f"{path}: cannot read with {type(reader).__name__}: {err}") from err
+    except Exception as err:  # decoders (PIL, pydicom, nibabel, ITK) raise many types; name the file
+        raise BundleInputError(f"{path}: {_decoder_failure(reader, err)}") from err
     if not isinstance(image, MetaTensor):  # set_track_meta(False) gives plain tensors
         image = MetaTensor(torch.as_tensor(image))
     return image
@@ -240,6 +242,16 @@ class LoadAnyImaged(LoadImaged):
     def __call__(self, data, reader=None):
         try:
             return super().__call__(data, reader)
-        except Exception as err:  # readers raise many types; the user needs the file name
+        except Exception as err:  # decoders (PIL, pydicom, nibabel, ITK) raise many types; name the file
             files = ", ".join(str(data[k]) for k in self.key_iterator(dict(data)))
-            raise ValueError(f"cannot read image {files}: {type(err).__name__}: {err}") from err
+            missing = [f for f in files.split(", ") if not os.path.exists(f)]
+            if missing:
+                raise MissingInputError(f"cannot read image {missing[0]}: file not found") from err
+            raise BundleInputError(f"cannot read image {files}: {_decoder_failure(None, err)}") from err
+
+
+def _decoder_failure(reader: ImageReader | None, err: BaseException) -> str:
+    """One line on why a decoder failed, with what to do about it."""
+    detail = " ".join(str(err).split())[:300] or type(err).__name__
+    via = f" with {type(reader).__name__}" if reader is not None else ""
+    return f"not a readable image{via} ({type(err).__name__}: {detail}); replace or remove the file"
