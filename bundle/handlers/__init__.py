@@ -1,16 +1,36 @@
-"""Handlers used by the configs: overlay images and the end-of-training summary."""
+"""Handlers used by the configs: overlay images, the end-of-training summary, atomic checkpoints, early checks."""
 
 from bundle.atomic import save_atomically
+from bundle.handlers.checkpoint import AtomicCheckpointSaver, AtomicDiskSaver
+from bundle.handlers.checks import (
+    CheckedCheckpointLoader,
+    check_checkpoint,
+    check_command_line,
+    check_device,
+    check_inference,
+    check_training,
+    check_writable,
+    existing_checkpoint,
+)
 from bundle.handlers.overlay import OverlaySaver, overlay_image
 from bundle.handlers.progress import IterationProgressBar
 from bundle.handlers.resume import ResumableTraining
-from bundle.handlers.summary import evaluation_summary, existing_checkpoint, training_summary
+from bundle.handlers.summary import evaluation_summary, training_summary
 
 __all__ = [
+    "AtomicCheckpointSaver",
+    "AtomicDiskSaver",
+    "CheckedCheckpointLoader",
     "ResumableTraining",
     "save_atomically",
     "IterationProgressBar",
     "OverlaySaver",
+    "check_checkpoint",
+    "check_command_line",
+    "check_device",
+    "check_inference",
+    "check_training",
+    "check_writable",
     "evaluation_summary",
     "existing_checkpoint",
     "overlay_image",
