@@ -3,7 +3,34 @@
 Configs reach everything as ``bundle.<module>.<name>`` after ``"$import bundle"``.
 """
 
-from bundle import data, engines, handlers, inferers, networks, transforms
+from bundle.errors import BundleInputError, install_excepthook
 
-__all__ = ["data", "engines", "handlers", "inferers", "networks", "transforms"]
+# Before the subpackages: an error while importing them is reported in one line too.
+install_excepthook()
+
+from bundle import (
+    augmentation,
+    data,
+    engines,
+    handlers,
+    inferers,
+    metrics,
+    networks,
+    postprocessing,
+    preprocessing,
+    transforms,
+)  # noqa: E402
+
+__all__ = [
+    "augmentation",
+    "data",
+    "engines",
+    "handlers",
+    "inferers",
+    "metrics",
+    "networks",
+    "postprocessing",
+    "preprocessing",
+    "transforms",
+]
 __version__ = "0.1.0"

@@ -149,10 +149,11 @@ def _parser(**overrides) -> ConfigParser:
 
 
 def _content_extent(size_wh: tuple[int, int]) -> tuple[int, int]:
-    """The (axis 0, axis 1) extent of a (W, H) image after ``Resized(size_mode='longest')``."""
+    """The (axis 0, axis 1) extent of a (W, H) image at the model input: rows first (upright, see
+    ``bundle.preprocessing``), longest side resized."""
     w, h = size_wh
     scale = SIZE / max(w, h)
-    return round(w * scale), round(h * scale)
+    return round(h * scale), round(w * scale)
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +173,7 @@ def test_validation_preprocessing_pads_at_the_end_and_keeps_aspect(val_case) -> 
     assert img.shape == (3, SIZE, SIZE)
     w, h = Image.open(item["image"]).size
     assert w != h, "the sample case should not be square"
-    ex0, ex1 = _content_extent((w, h))  # MONAI's PIL reader: axis 0 is x (width)
+    ex0, ex1 = _content_extent((w, h))  # the model input is upright: axis 0 is y (rows)
     assert max(ex0, ex1) == SIZE and min(ex0, ex1) == round(SIZE * min(w, h) / max(w, h))
     # min-max backbone: content in the top-left, exact zeros in the padding
     assert min(ex0, ex1) < SIZE, "nothing was padded"

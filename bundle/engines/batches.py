@@ -6,7 +6,9 @@ from typing import Any
 
 import torch
 from monai.engines.utils import default_prepare_batch
-from monai.transforms import Resize, SpatialPad
+from monai.transforms import Resize, SpatialPad, Transpose
+
+from bundle.preprocessing import TO_ROWS_FIRST
 
 
 class GroundTruthPromptBatch:
@@ -14,11 +16,12 @@ class GroundTruthPromptBatch:
 
     For the box-prompted zero-shot baseline (:class:`~bundle.networks.box_prompt.BoxPromptedSAM`):
     the evaluator's labels stay at the original resolution (Dice is measured there), while the
-    network needs them where the image is: longest side resized to ``input_size`` (nearest), padded
-    at the end, exactly as the validation preprocessing does to the image.
+    network needs them where the image is: made upright (rows first), longest side resized to
+    ``input_size`` (nearest), padded at the end, exactly as :mod:`bundle.preprocessing` does to the image.
     """
 
-    def __init__(self, input_size: int) -> None:
+    def __init__(self, input_size: int, upright: bool = True) -> None:
+        self.upright = Transpose(TO_ROWS_FIRST) if upright else (lambda x: x)
         self.resize = Resize(spatial_size=input_size, size_mode="longest", mode="nearest")
         self.pad = SpatialPad(spatial_size=(input_size, input_size), method="end")
 
@@ -31,5 +34,5 @@ class GroundTruthPromptBatch:
     ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
         images, labels = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
         plain = labels.as_tensor() if hasattr(labels, "as_tensor") else labels
-        prompts = torch.stack([torch.as_tensor(self.pad(self.resize(label.cpu()))) for label in plain])
+        prompts = torch.stack([torch.as_tensor(self.pad(self.resize(self.upright(label.cpu())))) for label in plain])
         return images, labels, (), {"prompt_masks": prompts.to(images.device)}

@@ -11,9 +11,10 @@ def training_summary(evaluator: Evaluator, ckpt_dir: str) -> str:
     """Best validation Dice, the iteration it was reached at, and where the model was saved."""
     state = evaluator.state
     if state.best_metric_epoch < 0:
+        final = "model.pt" if os.path.isfile(os.path.join(ckpt_dir, "model.pt")) else "model_final.pt"
         return (
-            "training ended without validation (val_size 0 or val_interval > iterations): no model selected; "
-            f"the last weights are in {os.path.join(ckpt_dir, 'model_final.pt')}"
+            "training ended without validation (k labelled images only: the final weights are the model); "
+            f"saved to {os.path.join(ckpt_dir, final)}"
         )
     path = os.path.join(ckpt_dir, "model.pt")
     return (

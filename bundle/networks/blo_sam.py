@@ -4,8 +4,14 @@
 - mask decoder: frozen SAM weights + LoRA on q/v of every attention (both two-way blocks and the
   final token-to-image attention), trainable output upscaling and the hypernetwork heads in use:
   the lower-level parameters W;
-- a learnable dense prompt embedding initialised from the prompt encoder's ``no_mask_embed``:
-  the upper-level parameters phi;
+- a learnt prompt, the upper-level parameters phi, of one or more kinds (``prompt``, joined by ``+``):
+  ``dense``: the 256-value dense embedding broadcast over the grid (the paper's; initialised from
+  the prompt encoder's ``no_mask_embed``); ``tokens``: ``prompt_tokens`` sparse prompt tokens
+  initialised from the prompt encoder's embedding of a whole-image box, so training starts near a
+  box-prompted segmentation instead of SAM's "no object"; ``map``: a dense prompt map, one
+  256-vector per embedding-grid cell (added to ``dense`` when both are used, else initialised from
+  ``no_mask_embed``). A kind that is not learnt keeps SAM's own value (no sparse token, the frozen
+  ``no_mask_embed``);
 - output: ``num_classes + 1`` logits at the model input size: a constant 0 for background, then one
   mask token per class (class 1 is SAM's single-mask token, so one class uses one head).
 """
@@ -35,7 +41,13 @@ class BLOSAM(nn.Module):
         lora_rank: rank of the LoRA updates; ``lora_alpha`` their scaling numerator.
         pretrained: ``False`` builds random weights, to be replaced by a trained ``model.pt``.
         embedding_cache: cache of encoder outputs (``None``: encode every call).
+        prompt: the learnt prompt's kinds, e.g. ``dense``, ``tokens``, ``map``, ``tokens+dense``.
+        prompt_tokens: number of sparse prompt tokens of the ``tokens`` kind.
+        train_upscaling: train the decoder's output upscaling (transposed convolutions, per token);
+            ``False`` keeps SAM's pretrained sub-token detail frozen.
     """
+
+    PROMPT_KINDS = ("dense", "tokens", "map")
 
     def __init__(
         self,
@@ -47,8 +59,13 @@ class BLOSAM(nn.Module):
         lora_alpha: float | None = None,
         pretrained: bool = True,
         embedding_cache: EmbeddingCache | None = None,
+        prompt: str = "dense",
+        prompt_tokens: int = 2,
+        train_upscaling: bool = True,
     ) -> None:
         super().__init__()
+        self.prompt_kinds = parse_prompt(prompt)
+        self.train_upscaling = bool(train_upscaling)
         parts = (
             backbone
             if isinstance(backbone, Backbone)
@@ -64,11 +81,18 @@ class BLOSAM(nn.Module):
         for p in self.parameters():
             p.requires_grad_(False)
         self.lora_layers = apply_lora(self.mask_decoder.transformer, rank=lora_rank, alpha=lora_alpha)
-        # 1 x C, broadcast to the dense prompt B x C x h x w (SAM's "no mask" embedding, made learnable)
-        self.prompt_embedding = nn.Parameter(self.prompt_encoder.no_mask_embed.weight.detach().clone())
-        for p in self.lower_parameters():
+        # 1 x C, broadcast to the dense prompt B x C x h x w (SAM's "no mask" embedding; learnt if "dense")
+        self.prompt_embedding = nn.Parameter(
+            self.prompt_encoder.no_mask_embed.weight.detach().clone(), requires_grad=False
+        )
+        if "tokens" in self.prompt_kinds:  # N x C, initialised from a whole-image box's two corner tokens
+            self.prompt_tokens = nn.Parameter(self._whole_image_box_tokens(int(prompt_tokens)))
+        if "map" in self.prompt_kinds:  # 1 x C x h x w, added to the dense prompt
+            grid = self.prompt_encoder.image_embedding_size
+            start = torch.zeros if "dense" in self.prompt_kinds else self._no_mask_map
+            self.prompt_map = nn.Parameter(start((1, self.prompt_embedding.shape[1], *grid)))
+        for p in self.lower_parameters() + self.upper_parameters():
             p.requires_grad_(True)
-        self.prompt_embedding.requires_grad_(True)
         # SAM's dense positional encoding of the embedding grid is a constant of the frozen prompt
         # encoder: computed once (SAM builds it in float32 at every call, which also breaks float64)
         self.register_buffer("image_pe", self.prompt_encoder.get_dense_pe().detach(), persistent=False)
@@ -81,16 +105,61 @@ class BLOSAM(nn.Module):
         self.image_encoder.eval()
 
     # ---- parameter groups -------------------------------------------------------------------
+    def lower_parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """W by group: ``lora`` factors, output ``upscaling`` (unless frozen), hypernetwork ``heads`` in use."""
+        groups = {"lora": [p for m in lora_modules(self.mask_decoder) for p in (m.lora_a.weight, m.lora_b.weight)]}
+        if self.train_upscaling:
+            groups["upscaling"] = list(self.mask_decoder.output_upscaling.parameters())
+        groups["heads"] = list(self.mask_decoder.used_heads().parameters())
+        return groups
+
     def lower_parameters(self) -> list[nn.Parameter]:
-        """W: LoRA factors, output upscaling and the hypernetwork heads in use."""
-        params = [p for m in lora_modules(self.mask_decoder) for p in (m.lora_a.weight, m.lora_b.weight)]
-        params += list(self.mask_decoder.output_upscaling.parameters())
-        params += list(self.mask_decoder.used_heads().parameters())
-        return params
+        """W: LoRA factors, output upscaling (unless frozen) and the hypernetwork heads in use."""
+        return [p for group in self.lower_parameter_groups().values() for p in group]
+
+    def optimizer_groups(self, lrs: dict[str, float | None], default_lr: float, upper: bool = False) -> list[dict]:
+        """Optimiser parameter groups with their own learning rates.
+
+        Args:
+            lrs: group name (``lora``, ``upscaling``, ``heads``; ``prompt`` for the upper level) -> lr;
+                a missing or ``None`` lr is ``default_lr``.
+            default_lr: the lr of groups without their own.
+            upper: the upper level's group (the learnt prompt) instead of the lower level's.
+        """
+        groups = {"prompt": self.upper_parameters()} if upper else self.lower_parameter_groups()
+        return [
+            {"params": params, "lr": default_lr if lrs.get(name) is None else float(lrs[name]), "name": name}
+            for name, params in groups.items()
+            if params
+        ]
 
     def upper_parameters(self) -> list[nn.Parameter]:
-        """phi: the learnable prompt embedding."""
-        return [self.prompt_embedding]
+        """phi: the learnt prompt (dense embedding, sparse tokens and/or dense map)."""
+        names = {"dense": "prompt_embedding", "tokens": "prompt_tokens", "map": "prompt_map"}
+        return [getattr(self, names[kind]) for kind in self.PROMPT_KINDS if kind in self.prompt_kinds]
+
+    @torch.no_grad()
+    def _whole_image_box_tokens(self, count: int) -> Tensor:
+        if count < 1:
+            raise ValueError(f"prompt_tokens must be >= 1, got {count}")
+        side = float(self.input_size - 1)
+        box = torch.tensor([[0.0, 0.0, side, side]])  # inclusive pixel bounds, as SAM's box prompts
+        sparse, _ = self.prompt_encoder(points=None, boxes=box, masks=None)  # 1 x 2 x C: the two corners
+        return sparse[0, torch.arange(count) % sparse.shape[1]].detach().clone().float()
+
+    def _no_mask_map(self, shape: tuple[int, ...]) -> Tensor:
+        return self.prompt_encoder.no_mask_embed.weight.detach().reshape(1, -1, 1, 1).expand(shape).clone()
+
+    def learnt_prompt(self, batch: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """The learnt prompt as SAM's (sparse B x N x C, dense 1 x C x h x w or 1 x C x 1 x 1)."""
+        dense = self.prompt_embedding.to(dtype).reshape(1, -1, 1, 1)
+        if "map" in self.prompt_kinds:
+            dense = dense + self.prompt_map.to(dtype) if "dense" in self.prompt_kinds else self.prompt_map.to(dtype)
+        if "tokens" in self.prompt_kinds:
+            sparse = self.prompt_tokens.to(dtype).unsqueeze(0).expand(batch, -1, -1)
+        else:
+            sparse = self.prompt_embedding.new_zeros((batch, 0, self.prompt_embedding.shape[1]), dtype=dtype)
+        return sparse, dense
 
     def parameter_counts(self) -> dict[str, int]:
         """Parameter counts: total, lower (W), upper (phi), trainable and frozen."""
@@ -155,10 +224,10 @@ class BLOSAM(nn.Module):
         prompt embeddings are given (e.g. from ``prompt_encoder`` for a box, see ``box_prompt.py``).
         """
         batch = embeddings.shape[0]
-        if sparse is None:
-            sparse = embeddings.new_zeros((batch, 0, self.prompt_embedding.shape[1]))
-        if dense is None:
-            dense = self.prompt_embedding.to(embeddings.dtype).reshape(1, -1, 1, 1)
+        if sparse is None and dense is None:
+            sparse, dense = self.learnt_prompt(batch, embeddings.dtype)
+        elif sparse is None or dense is None:
+            raise ValueError("decode: give both sparse and dense prompts, or neither (the learnt prompt)")
         masks = self.mask_decoder.predict_logits(
             embeddings, self.image_pe.to(embeddings.dtype), sparse, dense
         )  # B x C x 4h x 4w
@@ -182,8 +251,7 @@ class BLOSAM(nn.Module):
             return self.decode(images)
         if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (self.input_size,) * 2:
             raise ValueError(
-                f"BLOSAM expects images B x 3 x {self.input_size} x {self.input_size}, "
-                f"got {tuple(images.shape)}."
+                f"BLOSAM expects images B x 3 x {self.input_size} x {self.input_size}, " f"got {tuple(images.shape)}."
             )
         return self.decode(self.encode(images))
 
@@ -193,8 +261,14 @@ class BLOSAM(nn.Module):
         """Weights in SAM's release format: LoRA merged into q/v, the learnt prompt as ``no_mask_embed``.
 
         Loading the result as the backbone checkpoint of a new BLOSAM reproduces this model's output.
-        Only valid while ``num_classes + 1`` fits SAM's 4 mask tokens (otherwise shapes differ).
+        Only valid while ``num_classes + 1`` fits SAM's 4 mask tokens (otherwise shapes differ), and
+        for the ``dense`` prompt alone: SAM's format has no place for learnt tokens or a prompt map.
         """
+        if self.prompt_kinds != ("dense",):
+            raise ValueError(
+                f"sam_state_dict: a {'+'.join(self.prompt_kinds)} prompt has no place in SAM's release format "
+                "(only 'dense' does); export the bundle's own model.pt instead"
+            )
         state = {}
         for name, value in sam_state_dict(
             Backbone(
@@ -214,3 +288,16 @@ class BLOSAM(nn.Module):
             state[f"mask_decoder.transformer.{name}.weight"] = module.merged_weight().clone()
         state["prompt_encoder.no_mask_embed.weight"] = self.prompt_embedding.detach().clone()
         return state
+
+
+def parse_prompt(prompt: str) -> tuple[str, ...]:
+    """The kinds in a prompt spec such as ``"tokens+dense"``, in canonical order.
+
+    Raises:
+        ValueError: an unknown or empty kind (the message lists the known ones).
+    """
+    kinds = [k.strip() for k in str(prompt).split("+")]
+    unknown = [k for k in kinds if k not in BLOSAM.PROMPT_KINDS]
+    if unknown or not kinds:
+        raise ValueError(f"unknown prompt {prompt!r}: use one of {', '.join(BLOSAM.PROMPT_KINDS)} or a '+' combination")
+    return tuple(k for k in BLOSAM.PROMPT_KINDS if k in kinds)

@@ -44,15 +44,16 @@ def test_box_prompted_sam_segments_each_class_from_its_boxes(tiny_net):
 
 def test_ground_truth_prompt_batch_puts_the_label_on_the_model_grid():
     image = torch.rand(1, 3, 64, 64)
-    label = torch.zeros(1, 1, 200, 100)  # original resolution, taller than wide
-    label[0, 0, 100:200, :50] = 1
+    label = torch.zeros(1, 1, 200, 100)  # original resolution, MONAI's reader layout (x, y): 200 wide, 100 tall
+    label[0, 0, 100:200, :50] = 1  # right half of the picture, top half
     images, labels, args, kwargs = GroundTruthPromptBatch(64)({"image": image, "label": label})
     assert labels.shape == (1, 1, 200, 100) and args == ()
     prompt = kwargs["prompt_masks"]
     assert prompt.shape == (1, 1, 64, 64)
-    # longest side 200 -> 64 (scale 0.32): rows 100..199 -> 32..63, columns 0..49 -> 0..15; padding at the end
+    # upright (rows first) like the image; longest side 200 -> 64 (scale 0.32): rows 0..49 -> 0..15,
+    # columns 100..199 -> 32..63; padding at the end (rows 32..63)
     assert (
-        prompt[0, 0, 32:64, :16].min() == 1
-        and prompt[0, 0, :32].max() == 0
-        and prompt[0, 0, :, 32:].max() == 0
+        prompt[0, 0, :16, 32:64].min() == 1
+        and prompt[0, 0, :, :32].max() == 0
+        and prompt[0, 0, 32:].max() == 0
     )

@@ -1,0 +1,66 @@
+"""Mask clean-up (MONAI's FillHoles, KeepLargestConnectedComponent, RemoveSmallObjects) and the
+mask-quality metrics (enclosed holes, edges on the token grid)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from bundle.metrics import EnclosedHolesMetric, TokenBorderEdgeMetric, enclosed_holes, token_border_edge_share
+from bundle.postprocessing import CleanMaskd
+
+
+def _lungs() -> torch.Tensor:
+    m = torch.zeros(1, 64, 64)
+    m[0, 10:50, 5:28] = 1  # two "lungs"
+    m[0, 10:50, 36:60] = 1
+    m[0, 20:24, 10:14] = 0  # a hole
+    m[0, 58:60, 30:32] = 1  # a stray blob
+    return m
+
+
+def test_lung_preset_fills_holes_and_keeps_two_components():
+    out = CleanMaskd("pred", num_classes=1, fill_holes=True, keep_components=2)({"pred": _lungs()})["pred"]
+    assert out[0, 20:24, 10:14].min() == 1  # hole filled
+    assert out[0, 58:60, 30:32].max() == 0  # blob removed
+    assert out[0, 10:50, 36:60].min() == 1  # both lungs kept
+    assert enclosed_holes(out[0].numpy() > 0) == 0
+
+
+def test_min_size_is_a_fraction_of_the_image():
+    out = CleanMaskd("pred", num_classes=1, min_size=0.002)({"pred": _lungs()})["pred"]  # 8 of 4096 pixels
+    assert out[0, 58:60, 30:32].max() == 0 and out[0, 10:50, 5:28].sum() > 0
+    same = CleanMaskd("pred", num_classes=1)({"pred": _lungs()})["pred"]
+    assert torch.equal(same, _lungs())  # nothing asked, nothing changed
+
+
+def test_enclosed_holes_ignores_background_open_to_the_border():
+    assert enclosed_holes(_lungs()[0].numpy() > 0) == 1
+    ring = np.zeros((9, 9), bool)
+    ring[2:7, 2:7] = True
+    ring[4, 4] = False
+    assert enclosed_holes(ring) == 1
+    ring[4, 2:5] = False  # the hole opens to the outside of the square, still inside the image
+    assert enclosed_holes(ring) == 0
+
+
+def test_token_border_share_of_a_blocky_and_a_smooth_mask():
+    blocky = np.zeros((64, 64), bool)
+    blocky[8:40, 16:48] = True  # edges on multiples of 8
+    assert token_border_edge_share(blocky, pitch=8) == 1.0
+    yy, xx = np.mgrid[:512, :512]
+    disc = (yy - 251.3) ** 2 + (xx - 260.7) ** 2 < 150.0**2
+    share = token_border_edge_share(disc, pitch=8)
+    assert abs(share - 1 / 8) < 0.05  # chance level
+    assert np.isnan(token_border_edge_share(np.zeros((8, 8), bool), pitch=8))
+
+
+def test_metrics_take_one_hot_predictions_per_case():
+    lungs = _lungs()
+    onehot = torch.cat([1 - lungs, lungs])[None]  # 1 x 2 x H x W
+    holes = EnclosedHolesMetric()
+    holes(y_pred=onehot, y=onehot)
+    assert holes.aggregate().item() == 1.0
+    edges = TokenBorderEdgeMetric(grid=8)  # 64 px / 8 tokens: pitch 8
+    edges(y_pred=onehot, y=onehot)
+    assert 0.0 < edges.aggregate().item() <= 1.0
