@@ -32,11 +32,19 @@ def bundle_args(command: str, config_files: Sequence[str], overrides: Mapping | 
     """Arguments of ``python -m monai.bundle <command> --config_file [...] --key value ...``.
 
     ``command`` is ``monai.bundle``'s sub-command and its positional arguments, e.g. ``"run training"``.
-    Non-string override values are passed as JSON, as the command line expects.
+    Non-string override values are passed as JSON, as the command line expects; ``True``, ``False``
+    and ``None`` as Python literals, which the command line parses back (JSON's ``false`` would stay
+    a string, and a true one).
     """
     args = [*command.split(), "--config_file", json.dumps([str(f) for f in config_files])]
     for name, value in (overrides or {}).items():
-        args += [f"--{name}", value if isinstance(value, str) else json.dumps(value)]
+        if isinstance(value, str):
+            text = value
+        elif value is None or isinstance(value, bool):
+            text = repr(value)
+        else:
+            text = json.dumps(value)
+        args += [f"--{name}", text]
     return args
 
 
@@ -59,7 +67,5 @@ def run_bundle(args: Sequence[str], cwd: str | os.PathLike, log: IO[str] | None 
         output = proc.stdout + proc.stderr
     if proc.returncode:
         tail = output[-3000:] if log is None else f"(see {getattr(log, 'name', 'the log')})"
-        raise RuntimeError(
-            f"`monai.bundle {' '.join(args[:3])} ...` failed in {cwd} (exit {proc.returncode}):\n{tail}"
-        )
+        raise RuntimeError(f"`monai.bundle {' '.join(args[:3])} ...` failed in {cwd} (exit {proc.returncode}):\n{tail}")
     return output

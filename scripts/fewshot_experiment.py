@@ -31,7 +31,7 @@ from bundle.experiments import (  # noqa: E402
     summary_table,
 )
 
-FOLDERS = {"jsrt": "jsrt", "kvasir": "kvasir-seg"}  # sub-folders of --data_root
+FOLDERS = {"jsrt": "jsrt", "kvasir": "kvasir-seg", "dental": "dental"}  # sub-folders of --data_root
 
 
 def write_report(runs, settings: GridSettings, report: Path, iterations: int) -> str:
@@ -94,14 +94,10 @@ def write_report(runs, settings: GridSettings, report: Path, iterations: int) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_root", default="../shared/data", help="folder with jsrt/ and kvasir-seg/")
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
-    parser.add_argument(
-        "--shots", nargs="+", type=int, help="shots for every data set (default: the paper's)"
-    )
+    parser.add_argument("--shots", nargs="+", type=int, help="shots for every data set (default: the paper's)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--iterations", type=int, default=300)
