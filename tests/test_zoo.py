@@ -51,3 +51,72 @@ def test_verify_net_in_out_with_the_inference_config():
     out = _bundle("verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json",
                   "--config_file", "configs/inference.json")  # fmt: skip
     assert "data shape of network is verified with no error" in out
+
+
+def _requested_downloads(monkeypatch, bundle_path: Path) -> list[dict]:
+    """What ``download_large_files --bundle_path <bundle_path>`` asks MONAI's ``download_url`` for."""
+    import monai.bundle.scripts
+
+    requested = []
+    monkeypatch.setattr(monai.bundle.scripts, "download_url", lambda **kwargs: requested.append(kwargs))
+    monai.bundle.scripts.download_large_files(bundle_path=str(bundle_path))
+    return requested
+
+
+def test_download_large_files_at_the_root_fetches_the_trained_weights_only(monkeypatch):
+    requested = _requested_downloads(monkeypatch, ROOT)
+    assert [Path(r["filepath"]).resolve() for r in requested] == [ROOT / "models" / "model.pt"]
+    assert requested[0]["url"].startswith("https://") and requested[0]["url"].endswith("/model.pt")
+    assert not any("sam_vit" in r["url"] for r in requested), "a plain zoo run must not fetch 4 GB of SAM"
+
+
+def test_download_large_files_in_models_fetches_the_sam_checkpoints(monkeypatch):
+    requested = _requested_downloads(monkeypatch, ROOT / "models")
+    by_path = {Path(r["filepath"]).resolve(): r for r in requested}
+    # where the README's --backbone_checkpoint looks for them, with the release's md5
+    assert set(by_path) == {ROOT / "models" / f for f in ("sam_vit_b_01ec64.pth", "sam_vit_l_0b3195.pth",
+                                                           "sam_vit_h_4b8939.pth")}  # fmt: skip
+    vit_b = by_path[ROOT / "models" / "sam_vit_b_01ec64.pth"]
+    assert vit_b["hash_val"] == "01ec64d29a2fca3f0661936605ae66f8" and vit_b["hash_type"] == "md5"
+    assert vit_b["url"] == "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth"
+
+
+def test_inference_config_has_the_properties_the_zoo_checks_for_its_supported_apps(tmp_path):
+    """The zoo checks the inference workflow's properties once ``supported_apps`` names an app
+    (ci/verify_bundle.py ``verify_bundle_properties``); here with MONAI's own property lists."""
+    from monai.bundle import create_workflow
+    from monai.bundle.properties import InferProperties, MetaProperties
+
+    meta = json.loads((ROOT / "configs" / "metadata.json").read_text())
+    assert meta["supported_apps"], "an empty supported_apps skips the zoo's property check"
+    import torch
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "configs" / "inference.json"))
+    ckpt = tmp_path / "model.pt"  # the zoo has fetched models/model.pt (large_files.yml) by then
+    torch.save(parser.get_parsed_content("network_def").state_dict(), ckpt)
+    workflow = create_workflow(
+        workflow_type="inference",
+        bundle_root=str(ROOT),
+        config_file=str(ROOT / "configs" / "inference.json"),
+        meta_file=str(ROOT / "configs" / "metadata.json"),
+        logging_file=str(ROOT / "configs" / "logging.conf"),
+        ckpt=str(ckpt),
+    )
+    workflow.properties = {**MetaProperties, **InferProperties}
+    assert not workflow.check_properties()
+
+
+def test_inference_reads_dataset_dir_and_input_dir_still_overrides_it(tmp_path):
+    from monai.bundle import ConfigParser
+
+    def input_dir(**overrides) -> str:
+        parser = ConfigParser()
+        parser.read_config(str(ROOT / "configs" / "inference.json"))
+        parser.update(overrides)
+        return parser.get_parsed_content("input_dir")
+
+    assert Path(input_dir()).resolve() == ROOT / "bundle" / "sample_data" / "kvasir" / "images"
+    assert input_dir(dataset_dir=str(tmp_path)) == str(tmp_path)
+    assert input_dir(dataset_dir="/elsewhere", input_dir=str(tmp_path)) == str(tmp_path)
