@@ -106,3 +106,29 @@ def test_inference_without_a_checkpoint_says_how_to_get_one(tmp_path):
     )  # fmt: skip
     assert proc.returncode != 0
     assert "missing.pt not found" in proc.stderr and "run training" in proc.stderr
+
+
+def test_plain_run_with_the_evaluation_config_evaluates_and_does_not_train(tmp_path):
+    """``run`` without a key, as the Model Zoo calls it, runs evaluate.json's ``run``, not train.json's."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    configs = ["configs/train.json", "configs/evaluate.json"]
+    ckpt_dir, out = tmp_path / "models", tmp_path / "eval"
+    overrides = {"backbone": "sam_tiny", "iterations": 1, "ckpt_dir": str(ckpt_dir), "output_dir": str(out),
+                 "embedding_cache_dir": str(tmp_path / "cache")}  # fmt: skip
+    parser = ConfigParser()  # a "trained" model of the tiny test backbone, as these configs build it
+    parser.read_config([str(ROOT / c) for c in configs])
+    parser.update(overrides)
+    ckpt_dir.mkdir()
+    torch.manual_seed(0)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), ckpt_dir / "model.pt")
+    before = (ckpt_dir / "model.pt").read_bytes()
+    args = [a for k, v in overrides.items() for a in (f"--{k}", str(v))]
+    proc = bundle_run("--config_file", str(configs), *args)
+    with open(out / "val_mean_dice_raw.csv") as f:
+        assert len(list(csv.reader(f))) == 1 + 6  # header + the sample's 6 test cases
+    # the trainer never ran: no final or resume checkpoint, no training log, the model untouched
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["model.pt"]
+    assert (ckpt_dir / "model.pt").read_bytes() == before
+    assert "best validation Dice" not in proc.stdout + proc.stderr
