@@ -22,9 +22,20 @@ ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "tests" / "fixtures" / "meta_schema_20240725.json"
 
 
-def test_export_writes_a_self_contained_task_bundle_with_matching_exports(tmp_path):
+def _trained_network(configs: list[str], **overrides) -> torch.nn.Module:
+    """The network the training configs build (random weights), as the task's model.pt holds it."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(configs)
+    parser.update({"embedding_cache_dir": None, **overrides})
     torch.manual_seed(0)
-    net = BLOSAM("sam_tiny", num_classes=1)
+    return parser.get_parsed_content("network_def")
+
+
+def test_export_writes_a_self_contained_task_bundle_with_matching_exports(tmp_path):
+    configs = [str(ROOT / "configs" / "train.json"), str(ROOT / "configs" / "datasets" / "kvasir.json")]
+    net = _trained_network(configs, backbone="sam_tiny")
     with torch.no_grad():  # a "trained" model: LoRA and prompt away from their initial values
         for p in net.lower_parameters() + net.upper_parameters():
             p.add_(0.01 * torch.randn_like(p))
@@ -33,7 +44,6 @@ def test_export_writes_a_self_contained_task_bundle_with_matching_exports(tmp_pa
     eval_dir.mkdir()
     (eval_dir / "val_mean_dice_raw.csv").write_text("filename,class0,mean\na.png,0.8,0.8\nb.png,0.6,0.6\n")
 
-    configs = [str(ROOT / "configs" / "train.json"), str(ROOT / "configs" / "datasets" / "kvasir.json")]
     report = export_task(tmp_path / "model.pt", configs, "polyp_task", tmp_path / "dist",
                          overrides={"backbone": "sam_tiny"}, eval_dir=eval_dir)  # fmt: skip
     print(
@@ -90,9 +100,8 @@ def test_volume_task_export_segments_a_nifti_slice_by_slice(tmp_path):
     inference command writes a NIfTI mask on the input volume's grid."""
     import nibabel as nib
 
-    torch.manual_seed(0)
-    torch.save(BLOSAM("sam_tiny", num_classes=1).state_dict(), tmp_path / "model.pt")
     configs = [str(ROOT / "configs" / "train.json"), str(ROOT / "configs" / "datasets" / "jsrt.json")]
+    torch.save(_trained_network(configs, backbone="sam_tiny").state_dict(), tmp_path / "model.pt")
     report = export_task(tmp_path / "model.pt", configs, "lung_volumes", tmp_path / "dist",
                          overrides={"backbone": "sam_tiny"}, torchscript=False, onnx=False,
                          make_zip=False, volumes=True)  # fmt: skip
