@@ -5,10 +5,11 @@
 
 writes ``dist/kvasir_4shot/`` (the ``bundle`` package, ``configs/inference.json`` with the task's
 settings merged in, ``configs/metadata.json`` with its labels and measured Dice, ``models/model.pt``,
-``models/model.ts``, ``models/model.onnx``, ``docs/README.md``, LICENSE) and ``dist/kvasir_4shot.zip``
-(the folder without the exports and the large files, ready to upload). ``--volumes`` exports a
-task that segments 3D volumes slice by slice (for MONAI Label: a 3D model). It prints the TorchScript
-and ONNX (onnxruntime) outputs' largest absolute difference from PyTorch.
+``models/model.ts``, ``models/model.onnx``, ``docs/README.md``, LICENSE, ``large_files.yml`` with the
+weights' md5) and ``dist/kvasir_4shot.zip`` (the folder without the exports, ready to upload).
+``--volumes`` exports a task that segments 3D volumes slice by slice (for MONAI Label: a 3D model).
+It prints the TorchScript (traced; compared at batch sizes 1 to 3) and ONNX (onnxruntime) outputs'
+largest absolute difference from PyTorch.
 """
 
 from __future__ import annotations
