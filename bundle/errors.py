@@ -83,7 +83,8 @@ def excepthook(
         return
     logging.shutdown()  # flush log files before the report
     sys.stdout.flush()
-    sys.stderr.write(one_line(err) + f" (set {DEBUG_ENV}=1 for the traceback)\n")
+    # a progress bar may have left its line open: start on a fresh one
+    sys.stderr.write("\n" + one_line(err) + f" (set {DEBUG_ENV}=1 for the traceback)\n")
     sys.stderr.flush()
     # A reader or cache thread may still be inside native code (PIL, torch); the interpreter's
     # normal shutdown destroys native thread pools under it, which can abort the process
@@ -91,8 +92,42 @@ def excepthook(
     os._exit(1)
 
 
+def shorten_record(record: logging.LogRecord) -> logging.LogRecord:
+    """Make a log record about bad input one line: no traceback, the bundle's message.
+
+    Engines log the exception that ends a run: Ignite's ``Engine run is terminating due to exception``
+    (for a DataLoader worker's error, that text is the worker's whole traceback) and MONAI's
+    ``StatsHandler`` (``logger.exception``, with the traceback).
+    """
+    if debug_enabled():
+        return record
+    err = find_input_error(record.exc_info[1]) if record.exc_info else None
+    if err is None and isinstance(record.msg, str) and "Traceback" in record.msg:
+        err = find_input_error(Exception(record.msg))
+    if err is not None:
+        first = record.getMessage().splitlines()[0]
+        record.msg, record.args = f"{first} ({' '.join(str(err).split())})", ()
+        record.exc_info, record.exc_text = None, None
+    return record
+
+
 def install_excepthook() -> None:
-    """Wrap the current ``sys.excepthook`` (once) so that bad input is reported in one line."""
+    """Wrap the current ``sys.excepthook`` (once) so that bad input is reported in one line.
+
+    Log records about bad input are made one line too (:func:`shorten_record`).
+    """
+    factory = logging.getLogRecordFactory()
+    if not getattr(factory, "_bundle_hook", False):
+        # The loggers that report a run's end are created later, some with their own handlers
+        # (MONAI's StatsHandler): the record factory is the one place that sees all their records.
+        def make_record(*args, **kwargs) -> logging.LogRecord:
+            record = factory(*args, **kwargs)
+            if record.exc_info or (isinstance(record.msg, str) and "Traceback" in record.msg):
+                shorten_record(record)
+            return record
+
+        make_record._bundle_hook = True  # type: ignore[attr-defined]
+        logging.setLogRecordFactory(make_record)
     current = sys.excepthook
     if getattr(current, "_bundle_hook", False):
         return

@@ -24,3 +24,15 @@ def test_successful_writes_replace_the_file(tmp_path):
     write_json_atomically({"a": 2}, target)
     assert target.read_text() == '{\n  "a": 2\n}'
     assert [p.name for p in tmp_path.iterdir()] == ["done.json"]
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_files_keep_the_umask(tmp_path, umask, mode):
+    import os
+
+    old = os.umask(umask)
+    try:
+        save_atomically({"w": torch.ones(1)}, tmp_path / "resume.pt")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "resume.pt").stat().st_mode & 0o777 == mode

@@ -92,3 +92,18 @@ def test_failed_report_keeps_the_previous_reports(tmp_path, monkeypatch):
         failing(_evaluated_engine())
     assert {p.name: p.read_text() for p in out.iterdir()} == before
     assert failing.save_dir == str(out)  # the next evaluation writes to the real folder again
+
+
+def test_inputs_sharing_a_stem_get_distinct_masks(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("case.png", "case.jpg", "solo.png"):
+        (src / name).write_bytes(b"an input")
+    out = tmp_path / "out"
+    save = AtomicSaveImaged(keys="pred", output_dir=out, output_postfix="", output_ext=".png", output_dtype=np.uint8,
+                            resample=False, separate_folder=False, print_log=False)  # fmt: skip
+    for name in ("case.png", "case.jpg", "solo.png"):
+        mask = _mask("x")
+        mask["pred"].meta["filename_or_obj"] = str(src / name)
+        save(mask)
+    assert sorted(p.name for p in out.iterdir()) == ["case_jpg.png", "case_png.png", "solo.png"]

@@ -266,6 +266,14 @@ def check_checkpoint(path: str, network: torch.nn.Module, key: str = "model") ->
             "pass the --class_names it was trained with"
         )
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    prompts = [n for n in missing + unexpected if n.startswith("prompt_") and "." not in n]
+    if prompts:
+        theirs = sorted(n for n in state if n.startswith("prompt_") and "." not in n)
+        raise BundleInputError(
+            f"checkpoint {path} was trained with another --prompt (it holds {', '.join(theirs) or 'no prompt'}, "
+            f"this model needs {', '.join(sorted(n for n in expected if n.startswith('prompt_') and '.' not in n))}); "
+            "pass the --prompt it was trained with"
+        )
     shapes = sorted(n for n in shared if state[n].shape != expected[n].shape)
     if missing or unexpected or shapes:
         example = (missing or unexpected or shapes)[0]

@@ -169,3 +169,40 @@ def test_missing_key_and_argument_checks(tmp_path: Path) -> None:
         LoadMaskd("label")
     with pytest.raises(ValueError, match="exactly one"):
         LoadMaskd("label", threshold=1, value_map={1: 1})
+
+
+def test_zero_one_mask_is_a_label_map_not_empty(tmp_path: Path) -> None:
+    """The bundle's own inference output (0/1 PNG) used as a training mask gives class 1, not nothing."""
+    image = _image(tmp_path / "img.png")
+    mask = _save(tmp_path / "m.png", _square((20, 30), value=1))
+    out = LoadMaskd("label", threshold=127)({"image": image, "label": mask})["label"]
+    assert int(out.sum()) == 50 and set(out.unique().tolist()) == {0, 1}
+
+
+def test_label_map_within_num_classes_keeps_its_classes(tmp_path: Path) -> None:
+    image = _image(tmp_path / "img.png")
+    values = _square((20, 30), value=2)
+    values[0, :3] = 1
+    mask = _save(tmp_path / "m.png", values)
+    out = LoadMaskd("label", threshold=127, num_classes=2)({"image": image, "label": mask})["label"]
+    assert set(out.unique().tolist()) == {0, 1, 2}
+    # beyond C the values are intensities: binarised at the threshold
+    binary = LoadMaskd("label", threshold=127, num_classes=1)({"image": image, "label": mask})["label"]
+    assert int(binary.sum()) == 0
+
+
+def test_jpeg_masks_are_always_thresholded(tmp_path: Path) -> None:
+    image = _image(tmp_path / "img.png")
+    mask = _save(tmp_path / "m.jpg", _square((20, 30), value=1), quality=100)
+    out = LoadMaskd("label", threshold=127)({"image": image, "label": mask})["label"]
+    assert int(out.sum()) == 0
+
+
+def test_all_empty_training_masks_are_refused_with_their_names(tmp_path: Path) -> None:
+    from bundle.data.masks import check_training_labels
+    from bundle.errors import BundleInputError
+
+    empty = [{"label": _save(tmp_path / f"e{i}.png", np.zeros((8, 8), np.uint8))} for i in range(2)]
+    with pytest.raises(BundleInputError, match=r"e0\.png, .*e1\.png.*--mask_threshold 127"):
+        check_training_labels(empty, threshold=127)
+    check_training_labels(empty + [{"label": _save(tmp_path / "f.png", _square((20, 30)))}], threshold=127)
