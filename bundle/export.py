@@ -201,6 +201,14 @@ def export_task(
             (``models/large_files_sam.yml``); ``model.pt`` stays in, for MONAI Label.
         volumes: a volume task: slice-wise inference on 3D images (``configs/volumes.json``).
     """
+    if name in ("", ".", "..") or Path(name).name != name:
+        # the folder is deleted and rewritten: it must be a new folder inside out_dir, never out_dir or above
+        from bundle.errors import BundleInputError
+
+        raise BundleInputError(
+            f"--name {name!r}: a task name must be a single folder name inside --out {out_dir} "
+            "(no '/', '.' or '..'), e.g. kvasir_4shot"
+        )
     ckpt = Path(ckpt)
     if not ckpt.is_file():
         raise FileNotFoundError(f"Checkpoint {ckpt} not found: train the task first.")
