@@ -22,6 +22,7 @@ import copy
 
 import torch
 import torch.nn.functional as F
+from monai.data import MetaTensor
 from torch import Tensor, nn
 
 from bundle.networks.backbones import Backbone, build_backbone, sam_state_dict, state_digest
@@ -247,13 +248,23 @@ class BLOSAM(nn.Module):
         ``encoded=True`` takes image embeddings (``encode``'s output) instead of images: for code
         that transforms the model functionally (``torch.func``), where the cache cannot hash.
         """
+        # MONAI's MetaTensor dispatches every op through Python (__torch_function__): the decoder runs
+        # on plain tensors (measured: about a third of a training step went to that dispatch), and an
+        # evaluation output gets the input's meta back, which Invertd reads.
+        meta = images if isinstance(images, MetaTensor) else None
+        plain = images.as_tensor() if meta is not None else images
         if encoded:
-            return self.decode(images)
-        if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (self.input_size,) * 2:
+            return self.decode(plain)
+        if plain.ndim != 4 or plain.shape[1] != 3 or tuple(plain.shape[-2:]) != (self.input_size,) * 2:
             raise ValueError(
-                f"BLOSAM expects images B x 3 x {self.input_size} x {self.input_size}, " f"got {tuple(images.shape)}."
+                f"BLOSAM expects images B x 3 x {self.input_size} x {self.input_size}, got {tuple(plain.shape)}."
             )
-        return self.decode(self.encode(images))
+        logits = self.decode(self.encode(plain))
+        if meta is None or torch.is_grad_enabled():
+            return logits
+        out = MetaTensor(logits, meta=meta.meta, applied_operations=meta.applied_operations)
+        out.is_batch = meta.is_batch
+        return out
 
     # ---- export -------------------------------------------------------------------------------
     @torch.no_grad()
