@@ -221,17 +221,21 @@ def _write_png(path: Path, array: np.ndarray) -> None:
     Image.fromarray(array).save(path)
 
 
-def test_dental_config_splits_train_folder_and_tests_on_test_folder(tmp_path: Path) -> None:
+def _write_dental(root: Path, train_ids: list[str], test_ids: list[str]) -> None:
     rng = np.random.default_rng(0)
-    train_ids = [f"tr{i:02d}" for i in range(14)]  # the preset's shots 4 + val_size 10
-    test_ids = ["te0", "te1", "te2"]
     for split, ids in (("train", train_ids), ("test", test_ids)):
         for case in ids:
             image = rng.integers(0, 256, (12, 16), dtype=np.uint8)
-            _write_png(tmp_path / split / "images" / f"{case}.png", image)
+            _write_png(root / split / "images" / f"{case}.png", image)
             mask = np.zeros((12, 16), dtype=np.uint8)
             mask[3:8, 4:10] = 255
-            _write_png(tmp_path / split / "masks" / f"{case}.png", mask)
+            _write_png(root / split / "masks" / f"{case}.png", mask)
+
+
+def test_dental_config_splits_train_folder_and_tests_on_test_folder(tmp_path: Path) -> None:
+    train_ids = [f"tr{i:02d}" for i in range(4)]  # exactly the preset's k = 4: no other labels needed
+    test_ids = ["te0", "te1", "te2"]
+    _write_dental(tmp_path, train_ids, test_ids)
     parser = _merged_parser("dental", dataset_dir=str(tmp_path))
     assert parser.get_parsed_content("class_names") == ["tooth"]
     assert parser.get_parsed_content("num_classes") == 1
@@ -239,14 +243,15 @@ def test_dental_config_splits_train_folder_and_tests_on_test_folder(tmp_path: Pa
     ids = {name: [i["id"] for i in getattr(split, name)] for name in SUBSETS}
     assert ids["test"] == test_ids
     assert ids["pool"] == train_ids
-    assert (len(ids["lower"]), len(ids["upper"]), len(ids["val"])) == (2, 2, 10)
-    chosen = ids["lower"] + ids["upper"] + ids["val"]
-    assert len(set(chosen)) == 14 and set(chosen) == set(train_ids)
+    assert (len(ids["lower"]), len(ids["upper"]), len(ids["val"])) == (2, 2, 0)
+    assert set(ids["lower"] + ids["upper"]) == set(train_ids)
     assert all(Path(i["image"]).parent == tmp_path / "test" / "images" for i in split.test)
     assert all(Path(i["label"]).parent == tmp_path / "train" / "masks" for i in split.lower + split.upper)
-    # a smaller validation set from the command line still draws from the train folder only
-    small = _merged_parser("dental", dataset_dir=str(tmp_path), val_size=3).get_parsed_content("split")
-    assert len(small.val) == 3 and {i["id"] for i in small.val} <= set(train_ids)
+    # the k + validation option draws its validation images from the train folder only
+    more = [f"tr{i:02d}" for i in range(14)]
+    _write_dental(tmp_path, more, test_ids)
+    small = _merged_parser("dental", dataset_dir=str(tmp_path), val_size=10).get_parsed_content("split")
+    assert len(small.val) == 10 and {i["id"] for i in small.val} <= set(more)
     assert [i["id"] for i in small.test] == test_ids
 
 
