@@ -1,13 +1,21 @@
 """Resumable bi-level training: one atomic checkpoint of everything the next iteration depends on.
 
-Saved every ``interval`` iterations (after the schedulers and the validation of that iteration):
-both levels' trainable parameters, both optimisers, both lr schedulers, the iteration, the D1/D2
-samplers' positions, the random states of the random transforms and of torch / numpy / python,
-and the model-selection state (best validation Dice, its iteration, the saved-best bookkeeping).
-On start, a checkpoint of the same run (same fingerprint: data split and settings) is restored,
-so stopping at iteration k, even by SIGKILL, and running the same command again gives the weights
-an uninterrupted run gives. A finished run deletes its checkpoint; a checkpoint of another run is
-ignored with a warning.
+Saved every ``interval`` iterations: both levels' trainable parameters, both optimisers, both lr
+schedulers, the AMP GradScaler, the iteration, the D1/D2 samplers' positions, the random states of
+the random transforms and of torch (CPU and CUDA) / numpy / python, and the model-selection state
+(best validation Dice, its iteration, the saved-best bookkeeping). On start, a checkpoint of the
+same run (same fingerprint: data split and settings) is restored, so stopping at iteration k, even
+by SIGKILL, and running the same command again gives the weights an uninterrupted run gives. A
+finished run deletes its checkpoint; a checkpoint of another run is ignored with a warning.
+
+Independent of where the handler sits among the others: the state after iteration k is saved
+when iteration k + 1 starts (``EPOCH_STARTED``, one iteration per epoch), i.e. after every handler
+of iteration k (validation, epoch-level lr schedulers, ...) has run, and it is restored when the
+first iteration starts, after every ``STARTED`` handler (e.g. a ``CheckpointLoader`` of initial
+weights, which must not overwrite the resumed ones).
+
+Under ``torchrun`` every process restores the same file (on a file system they share), the random
+states are saved per rank (gathered to rank 0), and only rank 0 writes or deletes the file.
 
 Ignite's ``Checkpoint`` covers objects with ``state_dict``; the random states of MONAI transforms
 and the evaluator's best-metric fields have none, hence this handler.
@@ -29,8 +37,18 @@ from ignite.engine import Engine, Events
 from monai.transforms import Compose, Randomizable
 
 from bundle.atomic import save_atomically
+from bundle.engines.distributed import (
+    broadcast_object,
+    gather_objects,
+    is_distributed,
+    is_main_process,
+    rank,
+    world_size,
+)
 
 logger = logging.getLogger(__name__)
+
+_FORMAT = 2  # 2: GradScaler, per-rank random states with CUDA's
 
 
 def _randomizables(transform: Compose) -> list[Randomizable]:
@@ -54,7 +72,7 @@ def _numpy_state_from_tensors(state: dict[str, Any]) -> tuple:
 
 
 class ResumableTraining:
-    """Checkpoint and restore a :class:`bundle.engines.BiLevelTrainer` run (attach it last).
+    """Checkpoint and restore a :class:`bundle.engines.BiLevelTrainer` run (anywhere in the handler list).
 
     Args:
         path: the checkpoint file (e.g. ``models/resume.pt``).
@@ -96,29 +114,72 @@ class ResumableTraining:
         self.fingerprint = repr(fingerprint)
         self.resume = resume
         self.resumed_from: int | None = None
+        self._first_epoch = True
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self.restore)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self._maybe_save)
+        """Restore at the first iteration's start, save at the start of every iteration after a
+        multiple of ``interval``, delete the checkpoint when the run completes."""
+        engine.add_event_handler(Events.STARTED, self._arm)
+        engine.add_event_handler(Events.EPOCH_STARTED, self._on_epoch_started)
         engine.add_event_handler(Events.COMPLETED, self.remove)
+
+    def _arm(self, _engine: Engine) -> None:
+        self._first_epoch = True
+
+    def _on_epoch_started(self, engine: Engine) -> None:
+        if self._first_epoch:  # every STARTED handler has run: restore now
+            self._first_epoch = False
+            self.restore(engine)
+            return
+        self._maybe_save(engine)
 
     def _trainable(self) -> dict[str, torch.Tensor]:
         return {n: p for n, p in self.network.named_parameters() if p.requires_grad}
 
-    def state_dict(self, engine: Engine) -> dict[str, Any]:
-        """Everything needed to continue after the current iteration."""
-        state: dict[str, Any] = {
-            "fingerprint": self.fingerprint,
-            "iteration": engine.state.iteration,
-            "epoch": engine.state.epoch,
-            "params": {n: p.detach().clone() for n, p in self._trainable().items()},
-            "optimizers": [o.state_dict() for o in self.optimizers],
-            "lr_schedulers": [s.state_dict() for s in self.lr_schedulers],
-            "samplers": [s.state_dict() for s in self.samplers],
+    def _random_state(self) -> dict[str, Any]:
+        # this process's random states (they differ between ranks: each augments its own share)
+        state = {
             "transforms": [_numpy_state_to_tensors(t.R.get_state()) for t in self.randomizables],
             "torch_rng": torch.get_rng_state(),
             "numpy_rng": _numpy_state_to_tensors(np.random.get_state()),
             "python_rng": repr(random.getstate()),
+        }
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def _set_random_state(self, state: dict[str, Any]) -> None:
+        for obj, s in zip(self.randomizables, state["transforms"], strict=True):
+            obj.R.set_state(_numpy_state_from_tensors(s))
+        torch.set_rng_state(state["torch_rng"])
+        np.random.set_state(_numpy_state_from_tensors(state["numpy_rng"]))
+        random.setstate(ast.literal_eval(state["python_rng"]))
+        cuda = state.get("cuda_rng")
+        if cuda is not None and torch.cuda.is_available():
+            if len(cuda) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(cuda)
+            else:
+                logger.warning(f"resume: CUDA random states of {len(cuda)} devices, this host has "
+                               f"{torch.cuda.device_count()}; not restored")  # fmt: skip
+
+    def state_dict(self, engine: Engine, iteration: int | None = None) -> dict[str, Any]:
+        """Everything needed to continue after ``iteration`` (default: the current one).
+
+        With several processes every rank must call it (the random states are gathered).
+        """
+        done = engine.state.iteration if iteration is None else iteration
+        scaler = getattr(engine, "scaler", None)
+        state: dict[str, Any] = {
+            "format": _FORMAT,
+            "fingerprint": self.fingerprint,
+            "iteration": done,
+            "epoch": done,  # one iteration per epoch
+            "params": {n: p.detach().clone() for n, p in self._trainable().items()},
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "lr_schedulers": [s.state_dict() for s in self.lr_schedulers],
+            "samplers": [s.state_dict() for s in self.samplers],
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "random": gather_objects(self._random_state()),  # one entry per rank
         }
         if self.evaluator is not None:
             state["best_metric"] = float(self.evaluator.state.best_metric)
@@ -129,21 +190,36 @@ class ResumableTraining:
         return state
 
     def _maybe_save(self, engine: Engine) -> None:
-        if engine.state.epoch % self.interval == 0 and engine.state.epoch < engine.state.max_epochs:
-            save_atomically(self.state_dict(engine), self.path)
+        # called as iteration `done + 1` starts: everything of iteration `done` has happened
+        done = engine.state.epoch - 1
+        if done > 0 and done % self.interval == 0:
+            state = self.state_dict(engine, done)  # on every rank: it gathers the random states
+            if is_main_process():
+                save_atomically(state, self.path)
 
-    def restore(self, engine: Engine) -> None:
-        """Load the checkpoint into the run if it exists and belongs to this run."""
+    def _load(self) -> dict[str, Any] | None:
+        # the checkpoint if it exists, is readable and belongs to this run
         if not (self.resume and self.path.is_file()):
-            return
+            return None
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as err:  # a damaged file must not stop a fresh start
             logger.warning(f"cannot read resume checkpoint {self.path} ({err}); starting from iteration 0")
-            return
-        if state.get("fingerprint") != self.fingerprint:
+            return None
+        if state.get("fingerprint") != self.fingerprint or state.get("format") != _FORMAT:
             logger.warning(f"resume checkpoint {self.path} is from another run (other data or settings); "
                            "starting from iteration 0 (it will be overwritten)")  # fmt: skip
+            return None
+        return state
+
+    def restore(self, engine: Engine) -> None:
+        """Load the checkpoint into the run if it exists and belongs to this run.
+
+        With several processes rank 0 reads it and sends it to the others, so they need not share
+        a file system and all take the same decision.
+        """
+        state = broadcast_object(self._load() if is_main_process() else None)
+        if state is None:
             return
         with torch.no_grad():
             for name, p in self._trainable().items():
@@ -154,22 +230,26 @@ class ResumableTraining:
             obj.load_state_dict(s)
         for obj, s in zip(self.samplers, state["samplers"], strict=True):
             obj.load_state_dict(s)
-        for obj, s in zip(self.randomizables, state["transforms"], strict=True):
-            obj.R.set_state(_numpy_state_from_tensors(s))
-        torch.set_rng_state(state["torch_rng"])
-        np.random.set_state(_numpy_state_from_tensors(state["numpy_rng"]))
-        random.setstate(ast.literal_eval(state["python_rng"]))
+        scaler = getattr(engine, "scaler", None)
+        if scaler is not None and state.get("scaler") is not None:
+            scaler.load_state_dict(state["scaler"])
+        processes, index = (world_size(), rank()) if is_distributed() else (1, 0)
+        if len(state["random"]) == processes:
+            self._set_random_state(state["random"][index])
+        else:
+            logger.warning(f"resume: random states of a run with {len(state['random'])} processes, this one has "
+                           f"{processes}; augmentations will differ from an uninterrupted run")  # fmt: skip
         if self.evaluator is not None and "best_metric" in state:
             self.evaluator.state.best_metric = state["best_metric"]
             self.evaluator.state.best_metric_epoch = state["best_metric_epoch"]
         if self.best_saver is not None and "best_saver" in state:
             self.best_saver.load_state_dict(state["best_saver"])
         engine.state.iteration = state["iteration"]
-        engine.state.epoch = state["epoch"]
+        engine.state.epoch = state["epoch"] + 1  # restored as iteration `iteration + 1` starts
         self.resumed_from = state["iteration"]
         logger.info(f"resumed from {self.path} at iteration {self.resumed_from}")
 
     def remove(self, engine: Engine) -> None:
         """A finished run needs no resume point."""
-        if engine.state.epoch >= engine.state.max_epochs:
+        if engine.state.epoch >= engine.state.max_epochs and is_main_process():
             self.path.unlink(missing_ok=True)

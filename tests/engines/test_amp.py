@@ -140,7 +140,8 @@ def _engine_after_a_lower_step(net, autocast, scaler=None):
         opt.step()
     grads = [p.grad.detach().clone() for p in lower]
     engine = SimpleNamespace(network=net, loss_function=loss_fn, inferer=SimpleInferer(), scaler=scaler,
-                             autocast=autocast, lower_optimizer=opt, lower_step=LowerStep(x1, y1, before, grads))  # fmt: skip
+                             autocast=autocast, lower_optimizer=opt,
+                             lower_step=LowerStep(x1, y1, before, grads))  # fmt: skip
     return engine, items[1]["image"][None], items[1]["label"][None]
 
 
@@ -160,7 +161,8 @@ def test_finite_difference_hypergradient_is_float32_under_autocast(tiny_net, one
 
     fp32 = hypergradient(contextlib.nullcontext)
     bf16 = hypergradient(lambda: torch.autocast("cpu", dtype=torch.bfloat16))
-    scaled = hypergradient(lambda: torch.autocast("cpu", dtype=torch.bfloat16), SimpleNamespace(get_scale=lambda: 1024.0))
-    print(f"max |bf16 autocast - fp32| {(bf16 - fp32).abs().max().item():.2e} (|fp32| max {fp32.abs().max().item():.2e})")
+    scaler = SimpleNamespace(get_scale=lambda: 1024.0)
+    scaled = hypergradient(lambda: torch.autocast("cpu", dtype=torch.bfloat16), scaler)
+    print(f"max |bf16 - fp32| {(bf16 - fp32).abs().max().item():.2e} of max |fp32| {fp32.abs().max().item():.2e}")
     torch.testing.assert_close(bf16, fp32, rtol=1e-5, atol=1e-8)
     torch.testing.assert_close(scaled / 1024.0, fp32, rtol=1e-5, atol=1e-8)
