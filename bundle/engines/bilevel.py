@@ -23,7 +23,7 @@ from monai.transforms import Transform
 from monai.utils import CommonKeys as Keys
 from torch.optim import Optimizer
 
-from bundle.engines.distributed import average_across_ranks, broadcast_module, world_size
+from bundle.engines.distributed import average_across_ranks, broadcast_module, is_distributed
 from bundle.engines.hypergradient import FirstOrderHypergradient, LowerStep
 
 
@@ -164,7 +164,7 @@ class BiLevelTrainer(Trainer):
             optimizer.step()
 
     def _average_gradients(self, params: list[torch.nn.Parameter]) -> None:
-        if world_size() == 1:
+        if not is_distributed():
             return
         # every process must all-reduce the same buffer: a missing gradient counts as zero
         for p in params:

@@ -11,12 +11,18 @@ when ``backward()`` accumulates into ``.grad``. The upper level takes its gradie
 several forward/backward passes per step on perturbed weights; what must be averaged there is not
 one backward's gradient but intermediate quantities (the direction ``u`` and the final
 hypergradient). So the trainer averages explicitly, with the same collective DDP uses
-(``all_reduce``) and the same start-up broadcast of rank 0's weights. Rank and world size come from
-``ignite.distributed``, which follows a process group initialised by :func:`init_distributed`.
+(``all_reduce``) and the same start-up broadcast of rank 0's weights.
+
+:func:`rank` and :func:`world_size` read ``torchrun``'s environment until the process group exists
+(Ignite's ``idist`` answers 0 / 1 then): a config may evaluate them before the expression that
+initialises the group. Collectives run only once the group exists.
 """
 
 from __future__ import annotations
 
+import atexit
+import builtins
+import logging
 import os
 from collections.abc import Sequence
 
@@ -35,7 +41,8 @@ def distributed_device() -> torch.device:
 
 def init_distributed() -> torch.device:
     """Join the process group ``torchrun`` describes (NCCL on GPUs, gloo on CPUs); a no-op in a
-    single process or when a group exists.
+    single process or when a group exists. Ranks other than 0 then print nothing and log warnings
+    and errors only.
 
     Returns:
         this process's device (:func:`distributed_device`).
@@ -43,26 +50,49 @@ def init_distributed() -> torch.device:
     device = distributed_device()
     if device.type == "cuda":
         torch.cuda.set_device(device)  # NCCL collectives and all_gather_object use the current device
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
+    if world_size() > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        # Ignite joins the group lazily, creating a subgroup (a collective) on its first call, e.g.
+        # in a CheckpointSaver that only rank 0 builds: join it now, on every rank together
+        idist.sync()
+        atexit.register(destroy_distributed, barrier=False)
+        if rank() > 0:
+            _quiet()
     return device
 
 
-def destroy_distributed() -> None:
-    """Leave the process group (if any), after every rank has finished."""
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+def _quiet() -> None:
+    # reports are rank 0's: the other ranks log warnings and errors only and print nothing
+    # (as torchvision's reference scripts do), so the bundle's prints appear once
+    logging.disable(logging.INFO)
+    builtins.print = lambda *args, **kwargs: None
+
+
+def destroy_distributed(barrier: bool = True) -> None:
+    """Leave the process group (if any), after every rank has finished (``barrier``)."""
+    if _group():
+        if barrier:
+            dist.barrier()
         dist.destroy_process_group()
 
 
+def _group() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def is_distributed() -> bool:
+    """Whether a process group of more than one process exists (collectives are no-ops otherwise)."""
+    return _group() and dist.get_world_size() > 1
+
+
 def world_size() -> int:
-    """Number of processes (1 without a process group)."""
-    return idist.get_world_size()
+    """Number of processes: the process group's, else ``torchrun``'s ``WORLD_SIZE`` (1 without)."""
+    return dist.get_world_size() if _group() else int(os.environ.get("WORLD_SIZE", 1))
 
 
 def rank() -> int:
-    """This process's rank (0 without a process group)."""
-    return idist.get_rank()
+    """This process's rank: the process group's, else ``torchrun``'s ``RANK`` (0 without)."""
+    return dist.get_rank() if _group() else int(os.environ.get("RANK", 0))
 
 
 def is_main_process() -> bool:
@@ -76,7 +106,7 @@ def average_across_ranks(tensors: Sequence[Tensor]) -> None:
     A no-op in a single process. Non-finite values stay non-finite everywhere, so a GradScaler
     skips the same steps on every rank.
     """
-    if world_size() == 1 or not tensors:
+    if not is_distributed() or not tensors:
         return
     # plain views: gradients of MONAI MetaTensor inputs are MetaTensors, whose batch metadata
     # makes cat / slicing fail; as_subclass shares the storage, so the copy-back is in place
@@ -95,7 +125,7 @@ def average_across_ranks(tensors: Sequence[Tensor]) -> None:
 
 def broadcast_module(module: torch.nn.Module) -> None:
     """Copy rank 0's parameters and buffers to every process (what DDP does at construction)."""
-    if world_size() == 1:
+    if not is_distributed():
         return
     with torch.no_grad():
         for t in list(module.parameters()) + list(module.buffers()):
@@ -104,7 +134,7 @@ def broadcast_module(module: torch.nn.Module) -> None:
 
 def gather_objects(obj: object) -> list:
     """Every rank's ``obj``, in rank order (``[obj]`` in a single process)."""
-    if world_size() == 1:
+    if not is_distributed():
         return [obj]
     out: list = [None] * world_size()
     dist.all_gather_object(out, obj)
@@ -113,7 +143,7 @@ def gather_objects(obj: object) -> list:
 
 def broadcast_object(obj: object) -> object:
     """Rank 0's ``obj`` on every rank (``obj`` itself in a single process)."""
-    if world_size() == 1:
+    if not is_distributed():
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=0)

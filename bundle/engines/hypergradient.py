@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from bundle.engines.distributed import average_across_ranks, world_size
+from bundle.engines.distributed import average_across_ranks, is_distributed
 
 
 @dataclass
@@ -212,7 +212,7 @@ class ExactHypergradient:
     def __call__(self, engine, inputs: Tensor, targets: Tensor) -> UpperStep:
         from torch.func import functional_call, grad
 
-        if world_size() > 1:
+        if is_distributed():
             raise NotImplementedError(
                 "the exact hypergradient runs in one process only (it is for checking and small models); "
                 "use 'finite_difference' for second order with several processes."
