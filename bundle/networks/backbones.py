@@ -106,8 +106,8 @@ def _litemedsam_asset() -> str:
 
 
 _SAM_HOWTO = (
-    "Download it with `python -m monai.bundle download_large_files --bundle_path .` "
-    "(see models/large_files.yml) on a machine with internet, or from "
+    "Download it with `python -m monai.bundle download_large_files --bundle_path models` "
+    "(see models/large_files_sam.yml) on a machine with internet, or from "
     "https://github.com/facebookresearch/segment-anything#model-checkpoints, "
     "then pass its path with --backbone_checkpoint."
 )
