@@ -44,7 +44,20 @@ EXPORT_NET_ID = "export_network_def"
 # where a release would host a task's weights (a placeholder until published: see large_files.yml)
 RELEASE_URL = "https://github.com/<owner>/<repo>/releases/download/v{version}/{asset}"
 # inference.json keys a training config may set for its task (paths and devices are not carried)
-TASK_KEYS = ("backbone", "backbone_checkpoint", "input_size", "lora_rank", "class_names")
+TASK_KEYS = (
+    "backbone",
+    "backbone_checkpoint",
+    "input_size",
+    "upright",
+    "lora_rank",
+    "prompt",
+    "prompt_tokens",
+    "class_names",
+    "tta_flips",
+    "postprocess_fill_holes",
+    "postprocess_components",
+    "postprocess_min_size",
+)
 
 
 @dataclass

@@ -49,13 +49,9 @@ class SliceWiseInferer(Inferer):
 
     def __call__(self, inputs: Tensor, network: Callable[..., Tensor], *args, **kwargs) -> Tensor:
         if inputs.ndim != 5:
-            raise ValueError(
-                f"SliceWiseInferer expects B x C x H x W x D volumes, got {tuple(inputs.shape)}."
-            )
+            raise ValueError(f"SliceWiseInferer expects B x C x H x W x D volumes, got {tuple(inputs.shape)}.")
         batch, channels, height, width, depth = inputs.shape
-        volume = (
-            inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
-        )  # slicing batched meta fails
+        volume = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs  # slicing batched meta fails
         slices = volume.permute(0, 4, 1, 2, 3).reshape(batch * depth, channels, height, width)
         if channels == 1:  # SAM encoders take 3 channels
             slices = slices.expand(-1, 3, -1, -1)
@@ -75,3 +71,33 @@ class SliceWiseInferer(Inferer):
             out = MetaTensor(out, meta=inputs.meta, applied_operations=inputs.applied_operations)
             out.is_batch = inputs.is_batch
         return out
+
+
+class FlipTTAInferer(Inferer):
+    """Test-time augmentation by flips: the mean of the class probabilities over the input and its
+    flipped copies (each prediction flipped back), returned as log-probabilities, so the softmax of
+    the post-processing gives that mean.
+
+    Each flip costs one more encoder pass per image. Only use flips the task's anatomy allows
+    (left-right for chest X-ray, not up-down). MONAI's ``TestTimeAugmentation`` draws random
+    transforms and inverts them through the data pipeline; these fixed flips need neither.
+
+    Args:
+        flips: the flips, each a list of spatial axes of the B x C x H x W input (0: rows, up-down;
+            1: columns, left-right); ``[]`` predicts once, as ``SimpleInferer``.
+    """
+
+    def __init__(self, flips: list[list[int]] | None = None) -> None:
+        super().__init__()
+        self.flips = [sorted(int(a) + 2 for a in flip) for flip in (flips or [])]
+        if any(a not in (2, 3) for flip in self.flips for a in flip):
+            raise ValueError(f"tta_flips: spatial axes are 0 (rows) and 1 (columns), got {flips}")
+
+    def __call__(self, inputs: Tensor, network: Callable[..., Tensor], *args, **kwargs) -> Tensor:
+        if not self.flips:
+            return network(inputs, *args, **kwargs)
+        probs = torch.softmax(network(inputs, *args, **kwargs).float(), dim=1)
+        for dims in self.flips:
+            flipped = network(torch.flip(inputs, dims), *args, **kwargs)
+            probs = probs + torch.flip(torch.softmax(flipped.float(), dim=1), dims)
+        return torch.log((probs / (len(self.flips) + 1)).clamp_min(1e-8))

@@ -79,7 +79,8 @@ def test_single_level_baselines_train_on_d1_and_d2_with_the_same_images_per_iter
         id(p) for group in parser.get_parsed_content("lower_optimizer").param_groups for p in group["params"]
     }
     assert {id(p) for p in network.lower_parameters()} <= optimised
-    assert (id(network.prompt_embedding) in optimised) == (method == "joint")
+    upper = {id(p) for p in network.upper_parameters()}
+    assert upper and (upper <= optimised if method == "joint" else not upper & optimised)
     assert isinstance(parser.get_parsed_content("train#trainer"), SupervisedTrainer)
     # only the scheduler of the optimiser it steps: an unused one would step before its optimiser
     schedulers = [

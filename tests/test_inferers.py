@@ -70,3 +70,18 @@ def test_volume_inference_writes_a_nifti_on_the_input_grid(tmp_path):
     assert mask.shape == data.shape
     np.testing.assert_allclose(mask.affine, affine, atol=1e-4)
     assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
+
+
+def test_flip_tta_averages_flipped_predictions_and_is_a_no_op_without_flips():
+    from bundle.inferers import FlipTTAInferer
+
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(3, 2, 3, padding=1)
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(FlipTTAInferer([])(x, net), net(x))
+        out = FlipTTAInferer([[1]])(x, net)
+        expected = (torch.softmax(net(x), 1) + torch.flip(torch.softmax(net(torch.flip(x, [3])), 1), [3])) / 2
+        torch.testing.assert_close(torch.softmax(out, 1), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="spatial axes"):
+        FlipTTAInferer([[2]])

@@ -86,3 +86,18 @@ def test_frozen_upscaling_is_not_trained_and_groups_have_their_lr():
     groups = _net("dense").optimizer_groups({"upscaling": 1e-4, "lora": None}, 5e-3)
     assert {g["name"]: g["lr"] for g in groups} == {"lora": 5e-3, "upscaling": 1e-4, "heads": 5e-3}
     assert _net("tokens").optimizer_groups({}, 1e-3, upper=True)[0]["params"][0] is not None
+
+
+@pytest.mark.parametrize("prompt", ["dense", "tokens", "map", "tokens+dense"])
+def test_onnx_export_carries_the_prompt(prompt, images, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    net = _net(prompt)
+    with torch.no_grad():
+        for p in net.upper_parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+        reference = net(images[:1]).numpy()
+    path = tmp_path / "model.onnx"
+    torch.onnx.export(net, (images[:1],), str(path), input_names=["image"], output_names=["pred"], dynamo=False)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = session.run(None, {"image": images[:1].numpy()})[0]
+    assert abs(out - reference).max() < 1e-3
