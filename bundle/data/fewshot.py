@@ -8,13 +8,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from bundle.errors import BundleInputError
+
 
 def _sorted_by_id(datalist: Sequence[dict]) -> list[dict]:
     """Sort by id, refusing duplicates (they would make splits depend on the input order)."""
     ids = [str(item["id"]) for item in datalist]
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})
-        raise ValueError(f"duplicate ids in the data list: {dup[:5]}")
+        raise BundleInputError(f"duplicate ids in the data list: {dup[:5]}")
     return sorted(datalist, key=lambda item: str(item["id"]))
 
 
@@ -35,7 +37,7 @@ def paper_split(datalist: Sequence[dict], test_size: int) -> tuple[list[dict], l
     """
     items = _sorted_by_id(datalist)
     if test_size < 0 or test_size >= len(items):
-        raise ValueError(
+        raise BundleInputError(
             f"test_size {test_size} must be >= 0 and smaller than the data list ({len(items)} items)"
         )
     cut = len(items) - test_size
@@ -99,21 +101,21 @@ def few_shot_split(
         ValueError: ``shots < 2``, ``val_size < 0``, or ``shots + val_size`` larger than the pool.
     """
     if shots < 2:
-        raise ValueError(f"shots={shots}: bi-level training needs at least one image per level (shots >= 2)")
+        raise BundleInputError(f"--shots {shots}: bi-level training needs at least one image per level (shots >= 2)")
     if val_size < 0:
-        raise ValueError(f"val_size={val_size} must be >= 0")
+        raise BundleInputError(f"--val_size {val_size} must be >= 0")
     if test is not None:
         if test_size:
-            raise ValueError(f"test_size={test_size} with an explicit test list: set test_size to 0")
+            raise BundleInputError(f"--test_size {test_size} with an explicit test list: set --test_size 0")
         test = _sorted_by_id(test)
         overlap = {d["id"] for d in test} & {d["id"] for d in datalist}
         if overlap:
-            raise ValueError(f"test list and training pool share ids: {sorted(overlap)[:5]}")
+            raise BundleInputError(f"test list and training pool share ids: {sorted(overlap)[:5]}")
     pool, own_test = paper_split(datalist, test_size)
     test = own_test if test is None else test
     if shots + val_size > len(pool):
-        raise ValueError(
-            f"k larger than the pool: k={shots} shots + val_size={val_size} > pool size {len(pool)} "
+        raise BundleInputError(
+            f"k larger than the pool: --shots {shots} + --val_size {val_size} > pool size {len(pool)} "
             f"({len(datalist)} items - {test_size} test)"
         )
     order = np.random.default_rng(seed).permutation(len(pool))

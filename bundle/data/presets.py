@@ -7,15 +7,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bundle.data.folder import folder_datalist
+from bundle.errors import BundleInputError, MissingInputError
 
 
 def _dataset_dir(dataset_dir: str | os.PathLike, name: str) -> Path:
     """Check that the data set folder exists and holds something."""
     root = Path(dataset_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"{name} data set folder not found: {root}")
+        raise MissingInputError(f"--dataset_dir {root}: {name} data set folder not found")
     if not any(not p.name.startswith(".") for p in root.iterdir()):
-        raise ValueError(f"empty data set: {root} holds no files; download the {name} release into it")
+        raise BundleInputError(f"--dataset_dir {root}: empty data set, no files; download the {name} release into it")
     return root
 
 
@@ -25,7 +26,7 @@ def _one_of(parent: Path, names: Sequence[str], what: str) -> Path:
     if len(found) != 1:
         state = "none" if not found else "several"
         spellings = " or ".join(repr(n) for n in names)
-        raise FileNotFoundError(f"{parent}: expected one {what} mask folder named {spellings}, found {state}")
+        raise MissingInputError(f"{parent}: expected one {what} mask folder named {spellings}, found {state}")
     return found[0]
 
 

@@ -77,7 +77,7 @@ def test_shots_must_cover_both_levels() -> None:
 
 
 def test_k_larger_than_pool() -> None:
-    with pytest.raises(ValueError, match=r"k larger than the pool.*k=4.*val_size=3.*pool size 5"):
+    with pytest.raises(ValueError, match=r"k larger than the pool.*--shots 4.*--val_size 3.*pool size 5"):
         few_shot_split(_datalist(10), test_size=5, shots=4, seed=0, val_size=3)
 
 
@@ -107,7 +107,7 @@ def test_explicit_test_list_is_sorted_and_whole_datalist_is_pool() -> None:
 
 
 def test_explicit_test_list_with_test_size_refused() -> None:
-    with pytest.raises(ValueError, match="test_size=2 with an explicit test list"):
+    with pytest.raises(ValueError, match="--test_size 2 with an explicit test list"):
         few_shot_split(_datalist(12), test_size=2, shots=2, seed=0, test=_named(["t1"]))
 
 
