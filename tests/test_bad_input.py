@@ -451,6 +451,20 @@ def test_resume_with_the_best_model_missing(tmp_path, caplog, atomic):
     assert (tmp_path / "model.pt").is_file()
 
 
+def test_atomic_saver_writes_on_rank_zero_only(tmp_path, monkeypatch):
+    """Under torchrun only rank 0 writes or removes checkpoints, as Ignite's DiskSaver does."""
+    import ignite.distributed as idist
+
+    saver = AtomicDiskSaver(tmp_path, "model.pt")
+    saver({"w": torch.ones(1)}, "model.pt")
+    monkeypatch.setattr(idist, "get_rank", lambda: 1)
+    saver.remove("model.pt")
+    saver({"w": torch.zeros(1)}, "model.pt")
+    saver({"w": torch.zeros(1)}, "other.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+    assert torch.equal(torch.load(tmp_path / "model.pt", weights_only=True)["w"], torch.ones(1))
+
+
 def test_final_checkpoint_is_replaced_atomically(tmp_path, monkeypatch):
     net = torch.nn.Linear(2, 1)
     saver = AtomicCheckpointSaver(save_dir=str(tmp_path), save_dict={"model": net}, save_final=True,

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointSaver
 
@@ -26,6 +27,9 @@ logger = logging.getLogger(__name__)
 
 class AtomicDiskSaver(DiskSaver):
     """Ignite ``DiskSaver`` whose writes are atomic and whose removals wait for the next complete write.
+
+    As Ignite's, it writes and removes only on rank ``save_on_rank`` (0): under ``torchrun`` every rank
+    holds the same weights, and several ranks renaming over one file would race.
 
     Args:
         dirname: the checkpoint folder.
@@ -39,6 +43,8 @@ class AtomicDiskSaver(DiskSaver):
         self.pending: list[Path] = []
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        if idist.get_rank() != self.save_on_rank:  # Ignite's rank check, which this override replaces
+            return
         target = self.dirname / (self.filename or filename)
         save_atomically(checkpoint, target)
         # only now that the new file is whole may the files it supersedes go
@@ -49,6 +55,8 @@ class AtomicDiskSaver(DiskSaver):
 
     def remove(self, filename: str) -> None:
         """Remember ``filename`` for removal after the next successful save (never before it)."""
+        if idist.get_rank() != self.save_on_rank:
+            return
         self.pending.append(self.dirname / (self.filename or filename))
 
 
