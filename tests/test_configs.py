@@ -68,22 +68,47 @@ def test_single_level_baselines_train_on_d1_and_d2_with_the_same_images_per_iter
     parser.read_config([str(ROOT / "configs" / f) for f in ("train.json", *spec.train_files)])
     parser.update({"bundle_root": str(ROOT), **spec.overrides})
     split = parser.get_parsed_content("split")
-    assert _ids(parser.get_parsed_content("train#lower_dataset").data) == _ids(split.lower) | _ids(
-        split.upper
-    )
+    assert _ids(parser.get_parsed_content("train#lower_dataset").data) == _ids(split.lower) | _ids(split.upper)
     loader = parser.get_parsed_content("train#lower_dataloader")
     bilevel_batches = min(2, len(split.lower)) + min(2, len(split.upper))
     assert loader.batch_size == bilevel_batches and loader.sampler.size == len(split.lower) + len(split.upper)
     network = parser.get_parsed_content("network")
-    optimised = {
-        id(p) for group in parser.get_parsed_content("lower_optimizer").param_groups for p in group["params"]
-    }
+    optimised = {id(p) for group in parser.get_parsed_content("lower_optimizer").param_groups for p in group["params"]}
     assert {id(p) for p in network.lower_parameters()} <= optimised
     upper = {id(p) for p in network.upper_parameters()}
     assert upper and (upper <= optimised if method == "joint" else not upper & optimised)
     assert isinstance(parser.get_parsed_content("train#trainer"), SupervisedTrainer)
     # only the scheduler of the optimiser it steps: an unused one would step before its optimiser
-    schedulers = [
-        h.lr_scheduler for h in parser.get_parsed_content("train#handlers") if hasattr(h, "lr_scheduler")
-    ]
+    schedulers = [h.lr_scheduler for h in parser.get_parsed_content("train#handlers") if hasattr(h, "lr_scheduler")]
     assert schedulers == [parser.get_parsed_content("lower_lr_scheduler")]
+
+
+def test_zoo_config_ids_exist_and_train_dataset_data_drives_both_levels():
+    """MONAI Label's trainer and the Model Zoo's checks set and read these ids."""
+    parser = ConfigParser()
+    parser.read_config(str(ROOT / "configs" / "train.json"))
+    parser.update({"bundle_root": str(ROOT)})
+    for key in (
+        "dataset_dir",
+        "train#dataset#data",
+        "train#inferer",
+        "validate#dataset#data",
+        "validate#inferer",
+        "run",
+    ):
+        assert key in parser, key
+    split = parser.get_parsed_content("split")
+    default = parser.get_parsed_content("train#dataset#data")
+    assert _ids(default) == _ids(split.lower) | _ids(split.upper)
+    assert [i["id"] for i in parser.get_parsed_content("train#halves")[0]] == [i["id"] for i in split.lower]
+    # a tool that replaces the labelled list gets the bi-level split of its own list
+    labelled = [dict(item) for item in split.pool[:3]]
+    parser["train#dataset#data"] = labelled
+    parser.parse()
+    lower = parser.get_parsed_content("train#lower_dataset").data
+    upper = parser.get_parsed_content("train#upper_dataset").data
+    assert [i["id"] for i in lower] == [i["id"] for i in labelled[:2]]
+    assert [i["id"] for i in upper] == [labelled[2]["id"]]
+    assert isinstance(
+        parser.get_parsed_content("train#trainer").inferer, type(parser.get_parsed_content("train#inferer"))
+    )

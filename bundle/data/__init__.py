@@ -1,6 +1,6 @@
 """Data lists, splits, readers and mask loading for BLO-SAM."""
 
-from bundle.data.fewshot import FewShotSplit, few_shot_split, paper_split
+from bundle.data.fewshot import FewShotSplit, few_shot_split, paper_split, split_halves
 from bundle.data.folder import folder_datalist
 from bundle.data.inputs import image_datalist
 from bundle.data.masks import LoadMaskd
@@ -23,4 +23,5 @@ __all__ = [
     "paper_split",
     "pil_converter",
     "read_image",
+    "split_halves",
 ]

@@ -131,3 +131,22 @@ def few_shot_split(
         test=test,
         pool=pool,
     )
+
+
+def split_halves(items: Sequence[dict]) -> tuple[list[dict], list[dict]]:
+    """D1 and D2 of a list of labelled items: the first ``ceil(n / 2)`` items and the rest.
+
+    The training config gives ``train#dataset#data`` (by default ``split.lower + split.upper``,
+    which this splits back exactly) to this function, so a tool that replaces that list (MONAI
+    Label's trainer writes its labelled studies there) gets the same bi-level split of its own list.
+
+    Raises:
+        BundleInputError: fewer than 2 items (each level needs one).
+    """
+    items = list(items)
+    if len(items) < 2:
+        raise BundleInputError(
+            f"{len(items)} labelled image(s): bi-level training needs at least 2 (one per level); label more images"
+        )
+    cut = math.ceil(len(items) / 2)
+    return items[:cut], items[cut:]

@@ -54,7 +54,7 @@ METHODS: dict[str, Method] = {
         ),  # fmt: skip
         Method(
             "decoder-only",
-            "single level: LoRA decoder on D1+D2, no learnable prompt",
+            "single level: LoRA decoder on D1+D2, prompt fixed at its initial value (a whole-image box)",
             train_files=("methods/single_level.json",),
             overrides={"single_level_parameters": "$@network.lower_parameters()"},
         ),  # fmt: skip
@@ -69,6 +69,7 @@ METHODS: dict[str, Method] = {
             "no-prompt",
             "pretrained backbone, no prompt (floor)",
             train_files=("methods/pretrained.json",),
+            overrides={"prompt": "dense"},  # SAM's own "no mask" embedding and no sparse token
             seeded=False,
         ),  # fmt: skip
     )
