@@ -465,6 +465,37 @@ def test_atomic_saver_writes_on_rank_zero_only(tmp_path, monkeypatch):
     assert torch.equal(torch.load(tmp_path / "model.pt", weights_only=True)["w"], torch.ones(1))
 
 
+def test_resume_forgets_the_best_metric_of_a_missing_best_model(tmp_path):
+    """resume.pt restores the evaluator's best Dice; with model.pt gone it must not label the next model."""
+    from monai.transforms import Compose
+
+    from bundle.handlers import ResumableTraining
+
+    def handler(evaluator: Engine, saver) -> ResumableTraining:
+        return ResumableTraining(tmp_path / "resume.pt", 1, torch.nn.Linear(2, 1), [], [], [], Compose([]),
+                                 evaluator=evaluator, best_saver=saver, fingerprint="test")  # fmt: skip
+
+    kwargs = dict(save_dir=str(tmp_path), save_dict={"model": torch.nn.Linear(2, 1)}, save_key_metric=True,
+                  key_metric_filename="model.pt")  # fmt: skip
+    first = AtomicCheckpointSaver(**kwargs)
+    evaluator = _validating_engine([0.9], first)
+    evaluator.state.best_metric, evaluator.state.best_metric_epoch = -1, -1
+    evaluator.run([0], max_epochs=1)
+    evaluator.state.best_metric, evaluator.state.best_metric_epoch = 0.9, 1
+    trainer = Engine(lambda e, b: None)
+    trainer.state.iteration = trainer.state.epoch = 1
+    torch.save(handler(evaluator, first).state_dict(trainer), tmp_path / "resume.pt")
+
+    for lost in (False, True):
+        if lost:
+            (tmp_path / "model.pt").unlink()  # lost between the runs
+        fresh = Engine(lambda e, b: None)
+        fresh.state.best_metric, fresh.state.best_metric_epoch = -1, -1  # as MONAI's evaluators start
+        handler(fresh, AtomicCheckpointSaver(**kwargs)).restore(Engine(lambda e, b: None))
+        expected = (-1, -1) if lost else (0.9, 1)
+        assert (fresh.state.best_metric, fresh.state.best_metric_epoch) == expected
+
+
 def test_final_checkpoint_is_replaced_atomically(tmp_path, monkeypatch):
     net = torch.nn.Linear(2, 1)
     saver = AtomicCheckpointSaver(save_dir=str(tmp_path), save_dict={"model": net}, save_final=True,

@@ -115,6 +115,9 @@ class ResumableTraining:
         self.resume = resume
         self.resumed_from: int | None = None
         self._first_epoch = True
+        # the evaluator's starting best metric (MONAI: -1, -1), set back when the best model is gone
+        state = getattr(evaluator, "state", None)
+        self._initial_best = (getattr(state, "best_metric", -1), getattr(state, "best_metric_epoch", -1))
 
     def attach(self, engine: Engine) -> None:
         """Restore at the first iteration's start, save at the start of every iteration after a
@@ -244,6 +247,13 @@ class ResumableTraining:
             self.evaluator.state.best_metric_epoch = state["best_metric_epoch"]
         if self.best_saver is not None and "best_saver" in state:
             self.best_saver.load_state_dict(state["best_saver"])
+            checkpoint = self.best_saver._key_metric_checkpoint
+            if self.evaluator is not None and state["best_saver"].get("_saved") and not checkpoint._saved:
+                # AtomicCheckpointSaver forgot a best model whose file is gone: keeping its score would
+                # label the next best model with the old, higher Dice (and keep better ones from counting)
+                self.evaluator.state.best_metric, self.evaluator.state.best_metric_epoch = self._initial_best
+                logger.warning(f"resume: the best model of iteration {state.get('best_metric_epoch')} is missing; "
+                               "its best metric is forgotten too")  # fmt: skip
         engine.state.iteration = state["iteration"]
         engine.state.epoch = state["epoch"] + 1  # restored as iteration `iteration + 1` starts
         self.resumed_from = state["iteration"]
