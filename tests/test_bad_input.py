@@ -561,6 +561,22 @@ def test_cli_corrupt_input_image_keeps_earlier_masks(tmp_path, inputs, tiny_ckpt
     assert {k: after.get(k) for k in before} == before
 
 
+def test_cli_bad_inputs_are_skipped_and_the_others_segmented(tmp_path, inputs, tiny_ckpt):
+    """A zero-byte and a corrupt file among the inputs: each skipped with a warning, the others segmented,
+    status 1 at the end with one line naming the skipped files."""
+    (inputs / "aa_empty.png").write_bytes(b"")
+    (inputs / "zz_bad.jpg").write_bytes(b"garbage")
+    good = sorted(p for p in inputs.iterdir() if p.stat().st_size > 100)
+    out = tmp_path / "out"
+    proc = _bundle_run("--config_file", INFER, "--input_dir", str(inputs), "--output_dir", str(out),
+                       "--ckpt", str(tiny_ckpt), *TINY)  # fmt: skip
+    line = _assert_cli_failure(proc, "aa_empty.png", "zz_bad.jpg", "skipped 2")
+    assert str(out) in line
+    warnings = [x for x in (proc.stdout + proc.stderr).splitlines() if "WARNING" in x and "skipped" in x]
+    assert len(warnings) == 2 and "aa_empty.png" in warnings[0] and "zz_bad.jpg" in warnings[1], warnings
+    assert sorted(p.stem for p in out.iterdir()) == [p.stem for p in good]
+
+
 def test_cli_unknown_option(tmp_path):
     start = time.monotonic()
     proc = _bundle_run("training", "--config_file", TRAIN, "--backbone", "sam_tiny", "--shot", "2",

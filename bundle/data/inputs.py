@@ -4,6 +4,10 @@ A mask is named after its input's stem (``case.jpg`` -> ``case.png``). Two input
 share a stem (``case.jpg``, ``case.png``) would write the same mask, the second silently replacing
 the first; :func:`output_stem` gives each of them its suffix as well (``case_jpg``, ``case_png``), and
 :func:`image_datalist` says so. :func:`check_outputs` refuses a run whose masks would overwrite an input.
+
+One unreadable input (a zero-byte or corrupt file) does not stop the others: :class:`SkipUnreadableDataset`
+hands it to the evaluator as a marker, :func:`skip_unreadable` warns and skips it, and
+:func:`report_inference` ends the run with status 1 and one line naming every skipped file.
 """
 
 from __future__ import annotations
@@ -12,11 +16,14 @@ import functools
 import logging
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+from monai.data import Dataset
 
 from bundle.data.folder import image_stem
-from bundle.errors import BundleInputError, MissingInputError
+from bundle.errors import BundleInputError, MissingInputError, find_input_error
 
 logger = logging.getLogger(__name__)
 
@@ -113,3 +120,58 @@ def check_outputs(
                 f"--output_dir {output_dir}: the mask of {item['image']} would overwrite the input "
                 f"{sources[target]}; choose another --output_dir"
             )
+
+
+SKIPPED, REASON = "skipped_input", "skipped_reason"
+
+
+class SkipUnreadableDataset(Dataset):
+    """MONAI's ``Dataset`` that turns an input failing with bad input (:class:`BundleInputError`: an
+    unreadable, empty or corrupt file) into a marker item ``{SKIPPED: file, REASON: message}``.
+
+    A failing item cannot just be left out: the evaluator's epoch length is fixed by the data loader's
+    length, and Ignite restarts an iterator that ends early. The marker travels to the evaluator,
+    whose ``iteration_update`` (:func:`skip_unreadable`) skips it. Other errors (bugs) still raise.
+    With ``batch_size`` 1 (as in ``configs/inference.json``) a marker never shares a batch with an image.
+    """
+
+    def _transform(self, index: int) -> Any:
+        try:
+            return super()._transform(index)
+        except Exception as err:  # MONAI wraps the reader's error in RuntimeErrors: look down the chain
+            found = find_input_error(err)
+            if found is None:
+                raise
+            item = self.data[index]
+            source = item.get("image", item) if isinstance(item, Mapping) else item
+            return {SKIPPED: str(source), REASON: " ".join(str(found).split())}
+
+
+def skip_unreadable(engine: Any, batch: Any) -> Any:
+    """A ``SupervisedEvaluator`` ``iteration_update``: warn about and skip the markers of
+    :class:`SkipUnreadableDataset`, run the evaluator's own iteration on everything else.
+
+    The skipped files are collected in ``engine.state.skipped_inputs`` for :func:`report_inference`.
+    """
+    if isinstance(batch, Mapping) and SKIPPED in batch:
+        skipped = engine.state.__dict__.setdefault("skipped_inputs", [])
+        for source, reason in zip(batch[SKIPPED], batch[REASON], strict=True):
+            logger.warning("skipped %s: %s", source, reason)
+            skipped.append(source)
+        return {}  # no model output: MODEL_COMPLETED is not fired, so nothing is post-processed or written
+    return engine._iteration(engine, batch)
+
+
+def report_inference(evaluator: Any, inputs: Sequence[dict], output_dir: str | os.PathLike) -> None:
+    """Print how many masks were written; end with status 1 and one line if inputs were skipped.
+
+    Raises:
+        BundleInputError: some inputs could not be read (their masks are missing; the others were written).
+    """
+    skipped = list(getattr(evaluator.state, "skipped_inputs", []))
+    print(f"wrote {len(inputs) - len(skipped)} masks to {output_dir}")
+    if skipped:
+        raise BundleInputError(
+            f"skipped {len(skipped)} of {len(inputs)} inputs that could not be read: {', '.join(skipped)}; "
+            f"the masks of the others are in {output_dir}. Replace or remove those files and run again"
+        )
