@@ -8,7 +8,7 @@ from bundle.errors import BundleInputError, install_excepthook
 # Before the subpackages: an error while importing them is reported in one line too.
 install_excepthook()
 
-from bundle import (
+from bundle import (  # noqa: E402
     augmentation,
     data,
     engines,
@@ -19,7 +19,7 @@ from bundle import (
     postprocessing,
     preprocessing,
     transforms,
-)  # noqa: E402
+)
 
 __all__ = [
     "augmentation",

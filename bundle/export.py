@@ -260,11 +260,24 @@ def export_task(
               "--config_file", "configs/inference.json", "--input_shape", shape]  # fmt: skip
     ts_diff = onnx_diff = None
     if torchscript:
-        run_bundle(["ckpt_export", EXPORT_NET_ID, "--filepath", "models/model.ts",
-              "--use_trace", "True", *common], dest)  # fmt: skip
+        run_bundle(
+            ["ckpt_export", EXPORT_NET_ID, "--filepath", "models/model.ts", "--use_trace", "True", *common], dest
+        )
     if onnx:
-        run_bundle(["onnx_export", EXPORT_NET_ID, "--filepath", "models/model.onnx",
-              "--use_trace", "True", "--use_ort", "False", *common], dest)  # fmt: skip
+        run_bundle(
+            [
+                "onnx_export",
+                EXPORT_NET_ID,
+                "--filepath",
+                "models/model.onnx",
+                "--use_trace",
+                "True",
+                "--use_ort",
+                "False",
+            ]
+            + common,
+            dest,
+        )
     if torchscript or onnx:
         ts_diff, onnx_diff = export_parity(dest, input_size, torchscript, onnx)
 
@@ -284,14 +297,15 @@ def export_task(
 
 def _large_files_yml(model: Path, name: str) -> str:
     version = json.loads((PROJECT / "configs" / "metadata.json").read_text())["version"]
-    md5 = hashlib.md5(model.read_bytes()).hexdigest()
+    md5 = json.dumps(hashlib.md5(model.read_bytes()).hexdigest())  # a JSON string is a YAML scalar
+    url = json.dumps(RELEASE_URL.format(version=version, asset=f"{name}_model.pt"))
     return f"""# The task's weights, fetched by `python -m monai.bundle download_large_files --bundle_path .`
 # (the Model Zoo reads this file). The URL is a placeholder of a GitHub release asset: replace it when
 # the weights are published. SAM ViT checkpoints, if the task needs one: models/large_files_sam.yml.
 large_files:
   - path: "models/model.pt"
-    url: "{RELEASE_URL.format(version=version, asset=f"{name}_model.pt")}"
-    hash_val: "{md5}"
+    url: {url}
+    hash_val: {md5}
     hash_type: "md5"
 """
 

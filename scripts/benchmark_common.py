@@ -50,13 +50,7 @@ def write_table(path: str, title: str, intro: str, rows: list[dict], baseline: s
     for r in rows:
         gpu = "-" if r["peak_gpu_mib"] is None else f"{r['peak_gpu_mib']:.0f}"
         ratio = r["seconds_per_step"] / base
-        cells = [
-            r["variant"],
-            f"{r['seconds_per_step']:.3f}",
-            f"{ratio:.2f}x",
-            f"{r['peak_rss_mib']:.0f}",
-            gpu,
-        ]
+        cells = [r["variant"], f"{r['seconds_per_step']:.3f}", f"{ratio:.2f}x", f"{r['peak_rss_mib']:.0f}", gpu]
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     Path(path).parent.mkdir(parents=True, exist_ok=True)

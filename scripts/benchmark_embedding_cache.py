@@ -53,9 +53,7 @@ def run_variant(variant: str, backbone: str, steps: int, batch: int, device: str
 def main() -> None:
     import torch
 
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="litemedsam")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch", type=int, default=2)

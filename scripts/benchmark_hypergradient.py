@@ -68,9 +68,7 @@ def run_variant(variant: str, backbone: str, iterations: int, batch: int, device
 def main() -> None:
     import torch
 
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="litemedsam")
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--batch", type=int, default=1)

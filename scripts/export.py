@@ -25,9 +25,7 @@ from bundle.export import export_task  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", required=True, help="task name: the folder and MONAI Label model name")
     parser.add_argument("--ckpt", default="models/model.pt", help="the trained model.pt")
     parser.add_argument("--config_file", nargs="+", default=["configs/train.json"],
@@ -40,9 +38,7 @@ def main() -> None:
     parser.add_argument("--no_onnx", action="store_true")
     parser.add_argument("--no_zip", action="store_true")
     parser.add_argument(
-        "--volumes",
-        action="store_true",
-        help="a volume task: segment 3D images slice by slice (configs/volumes.json)",
+        "--volumes", action="store_true", help="a volume task: segment 3D images slice by slice (configs/volumes.json)"
     )
     args = parser.parse_args()
 

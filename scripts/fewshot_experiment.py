@@ -18,13 +18,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bundle.experiments import figures  # noqa: E402
 from bundle.experiments import (  # noqa: E402
     DATASETS,
     METHODS,
     GridSettings,
     collect,
     compute_time,
-    figures,  # noqa: E402
     per_seed_table,
     plan_grid,
     run_grid,

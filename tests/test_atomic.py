@@ -11,9 +11,14 @@ from bundle.atomic import atomic_path, save_atomically, write_json_atomically
 def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     target = tmp_path / "sub" / "model.pt"
     save_atomically({"w": torch.ones(2)}, target)
-    with pytest.raises(RuntimeError, match="disk full"), atomic_path(target) as tmp:
-        tmp.write_bytes(b"half a checkpoint")
-        raise RuntimeError("disk full")
+
+    def write_half_then_fail() -> None:
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half a checkpoint")
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_half_then_fail()
     assert torch.equal(torch.load(target, weights_only=True)["w"], torch.ones(2))
     assert [p.name for p in target.parent.iterdir()] == ["model.pt"]
 

@@ -75,9 +75,7 @@ def test_inference_writes_one_mask_per_input_at_its_size(trained, tmp_path):
     inputs.mkdir()
     for name in sorted(os.listdir(SAMPLE / "kvasir" / "images"))[:2]:
         shutil.copy(SAMPLE / "kvasir" / "images" / name, inputs / name)
-    shutil.copy(
-        SAMPLE / "jsrt" / "images" / sorted(os.listdir(SAMPLE / "jsrt" / "images"))[0], inputs / "grey.png"
-    )
+    shutil.copy(SAMPLE / "jsrt" / "images" / sorted(os.listdir(SAMPLE / "jsrt" / "images"))[0], inputs / "grey.png")
     out = tmp_path / "out"
     bundle_run(
         "--config_file",

@@ -42,10 +42,7 @@ def test_fake_cuda_checkpoint_needs_a_map_location(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
     ("configs", "loader_id", "path_key"),
-    [
-        (["inference.json"], "handlers#0", "ckpt"),
-        (["train.json", "evaluate.json"], "validate#handlers#0", "ckpt_path"),
-    ],
+    [(["inference.json"], "handlers#0", "ckpt"), (["train.json", "evaluate.json"], "validate#handlers#0", "ckpt_path")],
 )
 def test_configs_load_a_gpu_checkpoint_on_cpu(tmp_path, monkeypatch, configs, loader_id, path_key):
     path = tmp_path / "model.pt"

@@ -14,9 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_bundle_args_pass_non_strings_as_json():
-    args = bundle_args(
-        "run training", ["a.json", Path("b.json")], {"shots": 4, "seed": 0, "backbone": "vit_b"}
-    )
+    args = bundle_args("run training", ["a.json", Path("b.json")], {"shots": 4, "seed": 0, "backbone": "vit_b"})
     assert args == ["run", "training", "--config_file", json.dumps(["a.json", "b.json"]),
                     "--shots", "4", "--seed", "0", "--backbone", "vit_b"]  # fmt: skip
 
@@ -34,9 +32,7 @@ def test_merged_config_merges_files_in_order_then_applies_overrides(tmp_path):
 def test_run_bundle_returns_output_and_names_the_failing_command(tmp_path):
     schema = tmp_path / "schema.json"
     shutil.copy(ROOT / "tests" / "fixtures" / "meta_schema_20240725.json", schema)
-    out = run_bundle(
-        ["verify_metadata", "--meta_file", "configs/metadata.json", "--filepath", str(schema)], ROOT
-    )
+    out = run_bundle(["verify_metadata", "--meta_file", "configs/metadata.json", "--filepath", str(schema)], ROOT)
     assert "verified with no error" in out
     broken = tmp_path / "metadata.json"
     broken.write_text("{}")

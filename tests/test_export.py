@@ -111,10 +111,7 @@ def test_volume_task_export_segments_a_nifti_slice_by_slice(tmp_path):
     assert inference["output_ext"] == ".nii.gz" and inference["class_names"] == ["lung"]
     meta = json.loads((task / "configs" / "metadata.json").read_text())
     fmt = meta["network_data_format"]
-    assert (
-        len(fmt["inputs"]["image"]["spatial_shape"]) == 3
-        and len(fmt["outputs"]["pred"]["spatial_shape"]) == 3
-    )
+    assert len(fmt["inputs"]["image"]["spatial_shape"]) == 3 and len(fmt["outputs"]["pred"]["spatial_shape"]) == 3
     assert fmt["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "lung"}
 
     volumes = tmp_path / "volumes"

@@ -40,9 +40,7 @@ CONFIGS = ["configs/train.json", "configs/datasets/jsrt.json"]
 
 def _run(*args: str) -> None:
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    proc = subprocess.run(
-        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, check=False
-    )
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
 
 
@@ -108,8 +106,7 @@ def _server_infer(
 def _needs_monailabel() -> None:
     if not MONAILABEL_PYTHON.is_file():
         pytest.skip(
-            f"MONAI Label environment not found at {MONAILABEL_PYTHON} "
-            "(set MONAILABEL_PYTHON; docs/monailabel.md)"
+            f"MONAI Label environment not found at {MONAILABEL_PYTHON} " "(set MONAILABEL_PYTHON; docs/monailabel.md)"
         )
 
 
@@ -192,9 +189,7 @@ def test_monailabel_server_segments_a_volume_slice_by_slice(trained, tmp_path):
     studies = tmp_path / "studies"
     studies.mkdir()
     image_id = "jsrt_stack"
-    nib.save(
-        nib.Nifti1Image(np.stack(slices, axis=-1).astype(np.int16), affine), studies / f"{image_id}.nii.gz"
-    )
+    nib.save(nib.Nifti1Image(np.stack(slices, axis=-1).astype(np.int16), affine), studies / f"{image_id}.nii.gz")
     _our_inference(task, studies, tmp_path / "ours")
     own = nib.load(tmp_path / "ours" / f"{image_id}.nii.gz")
 

@@ -116,7 +116,6 @@ def test_ranks_share_each_global_batch_of_the_one_process_stream():
 
 
 def test_multi_gpu_config_keeps_writes_and_reports_on_rank_zero(tmp_path, monkeypatch):
-    import bundle.engines
     from ignite.handlers import ProgressBar
     from monai.bundle import ConfigParser
     from monai.handlers import (
@@ -127,6 +126,7 @@ def test_multi_gpu_config_keeps_writes_and_reports_on_rank_zero(tmp_path, monkey
         ValidationHandler,
     )
 
+    import bundle.engines
     from bundle.handlers import ResumableTraining
 
     monkeypatch.setattr(bundle.engines, "rank", lambda: 1)

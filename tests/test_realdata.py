@@ -56,11 +56,7 @@ def test_jsrt_two_shot_grid_beats_the_untrained_model(real_data, tmp_path):
         assert (tmp_path / "fewshot" / figure).stat().st_size > 10_000
 
     # a second invocation skips the finished runs (their logs and timings stay as they were)
-    stamps = {
-        p: p.stat().st_mtime_ns
-        for d in (trained_dir, untrained_dir)
-        for p in (d / "done.json", d / "train.log")
-    }
+    stamps = {p: p.stat().st_mtime_ns for d in (trained_dir, untrained_dir) for p in (d / "done.json", d / "train.log")}
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
     assert again.returncode == 0, again.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps

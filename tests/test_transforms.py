@@ -107,9 +107,7 @@ def test_vit_b_sam_normalisation_on_8bit_data() -> None:
     torch.testing.assert_close(out, (img.float() - mean) / std)
     # a value of the mean maps to 0, per channel
     flat = torch.tensor(SAM_PIXEL_MEAN).reshape(3, 1, 1).expand(3, 2, 2).clone()
-    torch.testing.assert_close(
-        SamIntensityd("image", backbone="vit_b")({"image": flat})["image"], torch.zeros(3, 2, 2)
-    )
+    torch.testing.assert_close(SamIntensityd("image", backbone="vit_b")({"image": flat})["image"], torch.zeros(3, 2, 2))
 
 
 def test_vit_b_sixteen_bit_image_is_scaled_to_8bit_first() -> None:

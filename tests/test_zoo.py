@@ -74,8 +74,8 @@ def test_download_large_files_in_models_fetches_the_sam_checkpoints(monkeypatch)
     requested = _requested_downloads(monkeypatch, ROOT / "models")
     by_path = {Path(r["filepath"]).resolve(): r for r in requested}
     # where the README's --backbone_checkpoint looks for them, with the release's md5
-    assert set(by_path) == {ROOT / "models" / f for f in ("sam_vit_b_01ec64.pth", "sam_vit_l_0b3195.pth",
-                                                           "sam_vit_h_4b8939.pth")}  # fmt: skip
+    releases = ("sam_vit_b_01ec64.pth", "sam_vit_l_0b3195.pth", "sam_vit_h_4b8939.pth")
+    assert set(by_path) == {ROOT / "models" / f for f in releases}
     vit_b = by_path[ROOT / "models" / "sam_vit_b_01ec64.pth"]
     assert vit_b["hash_val"] == "01ec64d29a2fca3f0661936605ae66f8" and vit_b["hash_type"] == "md5"
     assert vit_b["url"] == "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth"

@@ -60,7 +60,7 @@ def _scan(folder: Path, pattern: str, strip: str = "") -> dict[str, str]:
         example = next(iter(sorted(duplicates)))
         raise BundleInputError(
             f"{folder}: {len(duplicates)} file stem(s) occur more than once, e.g. {example}: "
-            f"{sorted(duplicates[example])}; keep one file per case or narrow the glob '{pattern}'"
+            f"{sorted(duplicates[example])}; keep one file per case or narrow the glob {pattern!r}"
         )
     return {s: p[0] for s, p in found.items()}
 
@@ -135,7 +135,7 @@ def folder_datalist(
     images = _scan(image_dir, image_glob)
     if not images:
         raise BundleInputError(
-            f"no images matched '{image_glob}' in {image_dir}; check the folder and the glob "
+            f"no images matched {image_glob!r} in {image_dir}; check the folder and the glob "
             f"(image suffixes: {' '.join(IMAGE_SUFFIXES)})"
         )
     masks = [_scan(folder, mask_glob, mask_suffix) for folder in mask_folders]
@@ -143,9 +143,9 @@ def folder_datalist(
         missing = sorted(set(images) - set(found))
         if missing:
             raise BundleInputError(
-                f"{len(missing)} image(s) in {image_dir} have no mask matching '{mask_glob}' in {folder}: "
+                f"{len(missing)} image(s) in {image_dir} have no mask matching {mask_glob!r} in {folder}: "
                 f"{_listed(missing)}; masks are matched by file stem"
-                + (f" after removing '{mask_suffix}'" if mask_suffix else " (set mask_suffix if they carry one)")
+                + (f" after removing {mask_suffix!r}" if mask_suffix else " (set mask_suffix if they carry one)")
             )
         extra = sorted(set(found) - set(images))
         if extra:

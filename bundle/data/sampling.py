@@ -83,7 +83,6 @@ class CyclicShuffleSampler(Sampler[int]):
     def load_state_dict(self, state: dict[str, int]) -> None:
         if (state["size"], state["seed"]) != (self.size, self.seed):
             raise ValueError(
-                f"sampler state is for size {state['size']} / seed {state['seed']}, "
-                f"not {self.size} / {self.seed}"
+                f"sampler state is for size {state['size']} / seed {state['seed']}, " f"not {self.size} / {self.seed}"
             )
         self.drawn = int(state["drawn"])

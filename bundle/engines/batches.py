@@ -26,11 +26,7 @@ class GroundTruthPromptBatch:
         self.pad = SpatialPad(spatial_size=(input_size, input_size), method="end")
 
     def __call__(
-        self,
-        batchdata: dict,
-        device: str | torch.device | None = None,
-        non_blocking: bool = False,
-        **kwargs: Any,
+        self, batchdata: dict, device: str | torch.device | None = None, non_blocking: bool = False, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
         images, labels = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
         plain = labels.as_tensor() if hasattr(labels, "as_tensor") else labels

@@ -70,9 +70,7 @@ class LowerStep:
     grads: list[Tensor]
 
 
-def lower_step_scale(
-    optimizer: torch.optim.Optimizer, params: list[Tensor], grads: list[Tensor]
-) -> list[Tensor]:
+def lower_step_scale(optimizer: torch.optim.Optimizer, params: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
     """``D = dW'/dg`` of the optimiser's last step, per element, at the gradient ``grads`` it used
     (see the module docstring)."""
     scales = []
@@ -172,10 +170,7 @@ class FiniteDifferenceHypergradient:
         grads = torch.autograd.grad(loss, lower + upper)
         v, first = [g.detach() for g in grads[: len(lower)]], grads[len(lower) :]
         average_across_ranks(v)  # u must be the global batch's direction, the same on every rank
-        u = [
-            d * g
-            for d, g in zip(lower_step_scale(engine.lower_optimizer, lower, lower_step.grads), v, strict=True)
-        ]
+        u = [d * g for d, g in zip(lower_step_scale(engine.lower_optimizer, lower, lower_step.grads), v, strict=True)]
         u_norm = math.sqrt(sum(float((x.double() ** 2).sum()) for x in u))
         hyper = list(first)
         if u_norm > 0 and math.isfinite(u_norm):  # else a non-finite hypergradient: the scaler skips the step
@@ -221,9 +216,7 @@ class ExactHypergradient:
         names = {id(p): n for n, p in net.named_parameters()}
         lower, upper = list(net.lower_parameters()), list(net.upper_parameters())
         lower_names, upper_names = [names[id(p)] for p in lower], [names[id(p)] for p in upper]
-        scale = dict(
-            zip(lower_names, lower_step_scale(engine.lower_optimizer, lower, lower_step.grads), strict=True)
-        )
+        scale = dict(zip(lower_names, lower_step_scale(engine.lower_optimizer, lower, lower_step.grads), strict=True))
         before = dict(zip(lower_names, lower_step.params_before, strict=True))
         after = {n: p.detach() for n, p in zip(lower_names, lower, strict=True)}
         phi0 = {n: p.detach() for n, p in zip(upper_names, upper, strict=True)}

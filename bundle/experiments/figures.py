@@ -46,9 +46,7 @@ def dice_vs_shots(results: list[RunResult], dataset: str, path: Path) -> Path | 
         ks = [k for k in shots if any(r.run.shots == k for r in cell)]
         stats = [mean_std([100 * r.mean_dice for r in cell if r.run.shots == k]) for k in ks]
         xs = [k + (i - (len(seeded) - 1) / 2) * width for k in ks]
-        ax.errorbar(
-            xs, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3, label=method
-        )
+        ax.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3, label=method)
         shown += [m + sign * s for m, s in stats for sign in (-1, 1)]
     for paper, marker, name in ((DATASETS[dataset].paper_blo_sam, "x", "BLO-SAM"),
                                 (DATASETS[dataset].paper_samed, "+", "SAMed")):  # fmt: skip
@@ -79,9 +77,7 @@ def _scalars(log_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 def training_curves(runs: list[Run], root: Path, path: Path) -> Path | None:
     """Both levels' losses (or the single loss) and validation Dice against iteration, one colour per run."""
-    curves = [
-        (run, _scalars(run.folder(root) / "train")) for run in runs if (run.folder(root) / "train").exists()
-    ]
+    curves = [(run, _scalars(run.folder(root) / "train")) for run in runs if (run.folder(root) / "train").exists()]
     curves = [(run, c) for run, c in curves if c]
     if not curves:
         return None
@@ -171,9 +167,7 @@ def overlay_grid(result: RunResult, root: Path, path: Path, threshold: int = 127
             if not masks[case].is_file():
                 raise FileNotFoundError(f"the inference command wrote no mask {masks[case]} for {case}")
             pred = _gray(masks[case], size, mask=True) > 0
-            for col, (title, layer) in enumerate(
-                (("image", None), ("ground truth", truth), ("prediction", pred))
-            ):
+            for col, (title, layer) in enumerate((("image", None), ("ground truth", truth), ("prediction", pred))):
                 ax = axes[row, col]
                 ax.imshow(image, cmap="gray" if image.ndim == 2 else None)
                 if layer is not None:
@@ -182,9 +176,7 @@ def overlay_grid(result: RunResult, root: Path, path: Path, threshold: int = 127
                 ax.set_title(f"{name}: {title}" + (f" (Dice {dice:.3f})" if col == 2 else ""), fontsize=8)
                 ax.axis("off")
     run = result.run
-    fig.suptitle(
-        f"{run.dataset} {run.shots}-shot seed {run.seed}, {run.method}: best / median / worst test case"
-    )
+    fig.suptitle(f"{run.dataset} {run.shots}-shot seed {run.seed}, {run.method}: best / median / worst test case")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

@@ -119,10 +119,7 @@ class Run:
 
 
 def plan_grid(
-    datasets: Sequence[str],
-    seeds: Sequence[int],
-    methods: Sequence[str],
-    shots: dict[str, Sequence[int]] | None = None,
+    datasets: Sequence[str], seeds: Sequence[int], methods: Sequence[str], shots: dict[str, Sequence[int]] | None = None
 ) -> list[Run]:
     """All runs, seed by seed (so a partly finished grid already covers every cell), then data set,
     shots and method; unseeded methods (no training data) come first, once per data set."""
@@ -198,10 +195,20 @@ def execute(run: Run, settings: GridSettings) -> dict:
         except RuntimeError as err:
             tail = (folder / log).read_text().splitlines()[-15:]
             raise RuntimeError(f"{run.label}: {key} failed; see {folder / log}:\n" + "\n".join(tail)) from err
+        tidy_log(folder / log)
         # seconds of this attempt (an interrupted run's earlier attempts are not counted)
         timings[f"{key}_seconds"] = round(time.perf_counter() - start, 1)
     write_json_atomically(timings, done)
     return timings
+
+
+def tidy_log(path: Path) -> None:
+    """Strip trailing whitespace (progress bars leave it) so committed run records pass the
+    Model Zoo's pre-commit checks (trailing-whitespace, end-of-file-fixer)."""
+    text = path.read_text(errors="replace")
+    tidy = "\n".join(line.rstrip() for line in text.split("\n")).rstrip("\n") + "\n"
+    if tidy != text:
+        path.write_text(tidy)
 
 
 def run_grid(runs: Iterable[Run], settings: GridSettings, keep_going: bool = False) -> list[tuple[Run, str]]:

@@ -129,9 +129,7 @@ def summary_table(results: list[RunResult], reference: str = "blo-sam") -> str:
                 empty = sum(math.isnan(v) for r in cell for v in r.hd95.values())
                 cases = sum(len(r.hd95) for r in cell)
                 paper = (
-                    f"{data.paper_blo_sam.get(k, '-')} / {data.paper_samed.get(k, '-')}"
-                    if method == reference
-                    else ""
+                    f"{data.paper_blo_sam.get(k, '-')} / {data.paper_samed.get(k, '-')}" if method == reference else ""
                 )
                 test = ""
                 if method != reference:

@@ -26,9 +26,7 @@ def _class_map(x: torch.Tensor) -> np.ndarray:
     return idx.numpy().astype(np.uint8).T
 
 
-def overlay_image(
-    image: Image.Image, label: np.ndarray, pred: np.ndarray, alpha: float = 0.45
-) -> Image.Image:
+def overlay_image(image: Image.Image, label: np.ndarray, pred: np.ndarray, alpha: float = 0.45) -> Image.Image:
     """RGB overlay: prediction filled red, ground-truth outline green."""
     base = image.convert("RGB")
     if base.size != (pred.shape[1], pred.shape[0]):

@@ -37,9 +37,7 @@ def existing_checkpoint(path: str) -> str:
 def evaluation_summary(evaluator: Evaluator, output_dir: str) -> str:
     """Mean Dice of an evaluation run and where its per-case table was written."""
     name = evaluator.state.key_metric_name
-    cases = (
-        len(evaluator.state.metric_details.get(name, [])) if hasattr(evaluator.state, "metric_details") else 0
-    )
+    cases = len(evaluator.state.metric_details.get(name, [])) if hasattr(evaluator.state, "metric_details") else 0
     return (
         f"{name}: {evaluator.state.metrics[name]:.4f} over {cases or 'all'} cases at original resolution; "
         f"per-case values in {os.path.join(output_dir, name + '_raw.csv')}, summary in "

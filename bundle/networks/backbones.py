@@ -113,15 +113,9 @@ _SAM_HOWTO = (
 )
 
 BACKBONES: dict[str, BackboneSpec] = {
-    "vit_b": BackboneSpec(
-        _vit_encoder(768, 12, 12, (2, 5, 8, 11)), 1024, 16, "sam", lambda: None, _SAM_HOWTO
-    ),
-    "vit_l": BackboneSpec(
-        _vit_encoder(1024, 24, 16, (5, 11, 17, 23)), 1024, 16, "sam", lambda: None, _SAM_HOWTO
-    ),
-    "vit_h": BackboneSpec(
-        _vit_encoder(1280, 32, 16, (7, 15, 23, 31)), 1024, 16, "sam", lambda: None, _SAM_HOWTO
-    ),
+    "vit_b": BackboneSpec(_vit_encoder(768, 12, 12, (2, 5, 8, 11)), 1024, 16, "sam", lambda: None, _SAM_HOWTO),
+    "vit_l": BackboneSpec(_vit_encoder(1024, 24, 16, (5, 11, 17, 23)), 1024, 16, "sam", lambda: None, _SAM_HOWTO),
+    "vit_h": BackboneSpec(_vit_encoder(1280, 32, 16, (7, 15, 23, 31)), 1024, 16, "sam", lambda: None, _SAM_HOWTO),
     "litemedsam": BackboneSpec(
         _tinyvit_encoder,
         256,
@@ -164,10 +158,7 @@ def build_sam_parts(name: str, input_size: int | None = None) -> Backbone:
         iou_head_hidden_dim=256,
     )
     prompt_encoder = PromptEncoder(
-        embed_dim=PROMPT_DIM,
-        image_embedding_size=(grid, grid),
-        input_image_size=(size, size),
-        mask_in_chans=16,
+        embed_dim=PROMPT_DIM, image_embedding_size=(grid, grid), input_image_size=(size, size), mask_in_chans=16
     )
     return Backbone(name, spec.build_encoder(size), prompt_encoder, decoder, size, spec.normalization)
 
@@ -197,9 +188,7 @@ def _resize_positional(state: dict[str, torch.Tensor], expected: dict[str, torch
     pos = state.get("image_encoder.pos_embed")
     target = expected.get("image_encoder.pos_embed")
     if pos is not None and target is not None and pos.shape != target.shape:
-        pos = F.interpolate(
-            pos.permute(0, 3, 1, 2), size=target.shape[1:3], mode="bicubic", align_corners=False
-        )
+        pos = F.interpolate(pos.permute(0, 3, 1, 2), size=target.shape[1:3], mode="bicubic", align_corners=False)
         state["image_encoder.pos_embed"] = pos.permute(0, 2, 3, 1)
     for key in [k for k in state if k.endswith(("attn.rel_pos_h", "attn.rel_pos_w"))]:
         if key in expected and state[key].shape != expected[key].shape:
@@ -208,10 +197,7 @@ def _resize_positional(state: dict[str, torch.Tensor], expected: dict[str, torch
 
 
 def build_backbone(
-    name: str,
-    checkpoint: str | os.PathLike | None = None,
-    input_size: int | None = None,
-    pretrained: bool = True,
+    name: str, checkpoint: str | os.PathLike | None = None, input_size: int | None = None, pretrained: bool = True
 ) -> Backbone:
     """Build backbone ``name`` and load its released checkpoint (``strict=True``).
 

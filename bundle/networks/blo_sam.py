@@ -283,12 +283,7 @@ class BLOSAM(nn.Module):
         state = {}
         for name, value in sam_state_dict(
             Backbone(
-                self.backbone_name,
-                self.image_encoder,
-                self.prompt_encoder,
-                self.mask_decoder,
-                self.input_size,
-                "",
+                self.backbone_name, self.image_encoder, self.prompt_encoder, self.mask_decoder, self.input_size, ""
             )
         ).items():
             if ".lora_" in name:

@@ -56,9 +56,7 @@ class EmbeddingCache:
             try:
                 value = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as err:  # a damaged entry is recomputed, never trusted
-                logger.warning(
-                    f"embedding cache: dropping unreadable entry {path} ({type(err).__name__}: {err})"
-                )
+                logger.warning(f"embedding cache: dropping unreadable entry {path} ({type(err).__name__}: {err})")
                 path.unlink(missing_ok=True)
             else:
                 self._remember(key, value)

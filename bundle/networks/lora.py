@@ -45,10 +45,7 @@ class LoRALinear(nn.Module):
 
 
 def apply_lora(
-    module: nn.Module,
-    rank: int = 4,
-    alpha: float | None = None,
-    targets: tuple[str, ...] = ("q_proj", "v_proj"),
+    module: nn.Module, rank: int = 4, alpha: float | None = None, targets: tuple[str, ...] = ("q_proj", "v_proj")
 ) -> list[str]:
     """Replace every ``nn.Linear`` child whose attribute name is in ``targets`` by a :class:`LoRALinear`.
 

@@ -71,8 +71,6 @@ class SemanticMaskDecoder(MaskDecoder):
         hs, src = self.transformer(src, pos_src, tokens)  # hs: B x N_tokens x C, src: B x hw x C
         mask_tokens_out = hs[:, 1 : 1 + self.num_outputs, :]
         upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))  # B x C/8 x 4h x 4w
-        hyper_in = torch.stack(
-            [head(mask_tokens_out[:, i, :]) for i, head in enumerate(self.used_heads())], 1
-        )
+        hyper_in = torch.stack([head(mask_tokens_out[:, i, :]) for i, head in enumerate(self.used_heads())], 1)
         b, c, h, w = upscaled.shape
         return (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)

@@ -33,11 +33,7 @@ def test_matches_by_stem_sorted_by_id(tmp_path: Path) -> None:
     _touch(tmp_path / "msk", "c.gif", "a.gif", "b.gif")
     items = folder_datalist(tmp_path / "img", tmp_path / "msk")
     assert [i["id"] for i in items] == ["a", "b", "c"]
-    assert items[0] == {
-        "image": str(tmp_path / "img" / "a.png"),
-        "label": str(tmp_path / "msk" / "a.gif"),
-        "id": "a",
-    }
+    assert items[0] == {"image": str(tmp_path / "img" / "a.png"), "label": str(tmp_path / "msk" / "a.gif"), "id": "a"}
 
 
 def test_several_mask_folders_give_label_lists(tmp_path: Path) -> None:
@@ -135,6 +131,4 @@ def test_split_file_unknown_ids(three_cases: Path) -> None:
     with pytest.raises(ValueError, match=r"2 id.*zz1, zz2"):
         folder_datalist(three_cases / "img", three_cases / "msk", split_file=split)
     with pytest.raises(FileNotFoundError, match="absent.json"):
-        folder_datalist(
-            three_cases / "img", three_cases / "msk", split_file=three_cases / "absent.json", split="a"
-        )
+        folder_datalist(three_cases / "img", three_cases / "msk", split_file=three_cases / "absent.json", split="a")

@@ -12,14 +12,7 @@ from monai.transforms import Compose, EnsureChannelFirstd
 from PIL import Image
 
 import bundle
-from bundle.data import (
-    LoadAnyImaged,
-    LoadMaskd,
-    dental_datalist,
-    jsrt_datalist,
-    kvasir_datalist,
-    paper_split,
-)
+from bundle.data import LoadAnyImaged, LoadMaskd, dental_datalist, jsrt_datalist, kvasir_datalist, paper_split
 
 SAMPLE_DATA = Path(bundle.__file__).resolve().parent / "sample_data"
 
@@ -31,13 +24,7 @@ def _touch(folder: Path, *names: str) -> None:
 
 
 def _load_case(item: dict, **mask_args) -> dict:
-    return Compose(
-        [
-            LoadAnyImaged("image"),
-            EnsureChannelFirstd("image"),
-            LoadMaskd("label", **mask_args),
-        ]
-    )(item)
+    return Compose([LoadAnyImaged("image"), EnsureChannelFirstd("image"), LoadMaskd("label", **mask_args)])(item)
 
 
 # ---- presets on synthetic layouts ------------------------------------------------------------------------

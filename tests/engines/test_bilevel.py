@@ -97,9 +97,7 @@ def test_both_schedulers_step_once_per_iteration(make_trainer, tiny_net):
     lrs = []
     trainer.add_event_handler(
         Events.ITERATION_COMPLETED,
-        lambda e: lrs.append(
-            (e.lower_optimizer.param_groups[0]["lr"], e.upper_optimizer.param_groups[0]["lr"])
-        ),
+        lambda e: lrs.append((e.lower_optimizer.param_groups[0]["lr"], e.upper_optimizer.param_groups[0]["lr"])),
     )
     trainer.run()
     expected = [5e-3 * (1 - i / 5) ** 0.9 for i in range(5)]
@@ -111,9 +109,7 @@ def test_training_fits_the_training_images(make_trainer, tiny_net):
     torch.manual_seed(0)
     trainer = make_trainer(tiny_net, ["a", "b"], ["c", "d"], iterations=40, batch=2, lr=1e-2)
     losses = []
-    trainer.add_event_handler(
-        Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output["lower_loss"])
-    )
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output["lower_loss"]))
     trainer.run()
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
 

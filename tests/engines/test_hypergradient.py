@@ -73,8 +73,7 @@ def test_finite_differences_agree_with_exact(tiny_net, one_thread, optimizer, ra
     rel = ((fd - exact).norm() / exact.norm()).item()
     correction = ((exact - first).norm() / first.norm()).item()
     print(
-        f"{optimizer}: cosine {cosine:.6f}, relative error {rel:.2e}, "
-        f"second-order term {correction:.2e} of first"
+        f"{optimizer}: cosine {cosine:.6f}, relative error {rel:.2e}, " f"second-order term {correction:.2e} of first"
     )
     assert cosine >= 0.99 and rel <= 5e-2
     assert correction > 1e-6, "the second-order term vanished: the test would not tell the variants apart"

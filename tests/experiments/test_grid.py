@@ -39,16 +39,14 @@ def test_grid_is_seed_major_and_runs_unseeded_methods_once_per_data_set():
     assert [r.seed for r in seeded] == sorted(r.seed for r in seeded)  # all of seed 0 before seed 1
     assert {r.shots for r in seeded if r.dataset == "jsrt"} == {2, 4}
     assert {r.shots for r in seeded if r.dataset == "kvasir"} == {4, 8}
-    assert len(set(r.folder(Path("/x")) for r in runs)) == len(runs)
+    assert len({r.folder(Path("/x")) for r in runs}) == len(runs)
     assert plan_grid(["jsrt"], [0], ["blo-sam"], shots={"jsrt": [8]})[0].shots == 8
     with pytest.raises(ValueError, match="unknown method"):
         plan_grid(["jsrt"], [0], ["samed"])
 
 
 def test_run_commands_are_the_bundle_commands_with_the_method_overlays(tmp_path):
-    settings = GridSettings(
-        tmp_path, {"jsrt": "/data/jsrt"}, iterations=50, embedding_cache_dir="/c", max_test_cases=7
-    )
+    settings = GridSettings(tmp_path, {"jsrt": "/data/jsrt"}, iterations=50, embedding_cache_dir="/c", max_test_cases=7)
     joint = run_commands(Run("jsrt", 4, 2, "joint"), settings)
     train, evaluate = joint["training"], joint["evaluating"]
     assert [Path(f).name for f in train["files"]] == ["train.json", "jsrt.json", "single_level.json"]
@@ -102,16 +100,10 @@ def test_summary_reports_mean_and_std_over_seeds_and_a_paired_wilcoxon_test(tmp_
     median, p, pairs = paired_test(blo, joint)
     diffs = [
         b.dice[c] - j.dice[c]
-        for b, j in zip(
-            sorted(blo, key=lambda r: r.run.seed), sorted(joint, key=lambda r: r.run.seed), strict=True
-        )
+        for b, j in zip(sorted(blo, key=lambda r: r.run.seed), sorted(joint, key=lambda r: r.run.seed), strict=True)
         for c in b.dice
     ]
-    assert (
-        pairs == 36
-        and median == pytest.approx(np.median(diffs))
-        and p == pytest.approx(wilcoxon(diffs).pvalue)
-    )
+    assert pairs == 36 and median == pytest.approx(np.median(diffs)) and p == pytest.approx(wilcoxon(diffs).pvalue)
     assert median > 0.03 and p < 1e-3
     # the unseeded baseline is paired with every seed's cases
     assert paired_test(blo, [r for r in results if r.run.method == "no-prompt"])[2] == 36

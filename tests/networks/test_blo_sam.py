@@ -60,10 +60,7 @@ def test_parameter_counts_are_consistent_and_reported(tiny_net, capsys):
     # project to 128) + upscaling + one hypernetwork head
     decoder = tiny_net.mask_decoder
     lora = sum(
-        p.numel()
-        for m in decoder.modules()
-        if isinstance(m, LoRALinear)
-        for p in (m.lora_a.weight, m.lora_b.weight)
+        p.numel() for m in decoder.modules() if isinstance(m, LoRALinear) for p in (m.lora_a.weight, m.lora_b.weight)
     )
     head = sum(p.numel() for p in decoder.output_hypernetworks_mlps[0].parameters())
     upscale = sum(p.numel() for p in decoder.output_upscaling.parameters())

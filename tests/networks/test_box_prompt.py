@@ -35,9 +35,7 @@ def test_box_prompted_sam_segments_each_class_from_its_boxes(tiny_net):
     emb = tiny_net.encode(images[:1])
     singles = []
     for box in ([30, 20, 119, 79], [150, 150, 219, 199]):
-        sparse, dense = tiny_net.prompt_encoder(
-            points=None, boxes=torch.tensor([box], dtype=torch.float32), masks=None
-        )
+        sparse, dense = tiny_net.prompt_encoder(points=None, boxes=torch.tensor([box], dtype=torch.float32), masks=None)
         singles.append(tiny_net.decode(emb, sparse, dense)[0, 1])
     torch.testing.assert_close(logits[0, 1], torch.maximum(*singles), rtol=1e-4, atol=1e-4)
 
@@ -52,8 +50,4 @@ def test_ground_truth_prompt_batch_puts_the_label_on_the_model_grid():
     assert prompt.shape == (1, 1, 64, 64)
     # upright (rows first) like the image; longest side 200 -> 64 (scale 0.32): rows 0..49 -> 0..15,
     # columns 100..199 -> 32..63; padding at the end (rows 32..63)
-    assert (
-        prompt[0, 0, :16, 32:64].min() == 1
-        and prompt[0, 0, :, :32].max() == 0
-        and prompt[0, 0, 32:].max() == 0
-    )
+    assert prompt[0, 0, :16, 32:64].min() == 1 and prompt[0, 0, :, :32].max() == 0 and prompt[0, 0, 32:].max() == 0

@@ -24,11 +24,7 @@ def test_lora_starts_as_the_base_layer_and_merges_exactly():
 def test_apply_lora_wraps_q_and_v_by_name_only():
     block = nn.Module()
     block.attn = nn.Module()
-    block.attn.q_proj, block.attn.k_proj, block.attn.v_proj = (
-        nn.Linear(4, 4),
-        nn.Linear(4, 4),
-        nn.Linear(4, 4),
-    )
+    block.attn.q_proj, block.attn.k_proj, block.attn.v_proj = (nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4))
     names = apply_lora(block, rank=2)
     assert names == ["attn.q_proj", "attn.v_proj"]
     assert isinstance(block.attn.k_proj, nn.Linear) and len(lora_modules(block)) == 2
