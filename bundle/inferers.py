@@ -32,8 +32,30 @@ def fit_longest_side(images: Tensor, size: int) -> tuple[Tensor, tuple[int, int]
     return F.pad(resized, (0, size - w, 0, size - h)), (h, w)
 
 
+def empty_if_constant(images: Tensor, logits: Tensor) -> Tensor:
+    """Background for every image of ``images`` (N x C x H x W) whose values are all equal.
+
+    A constant slice (air above the head, a zero-padded slab, an all-zero volume) has no structure
+    to segment, yet the network still answers something on it: the percentile scaling of
+    ``configs/volumes.json`` maps a constant volume to one value (MONAI's ``ScaleIntensityRange``
+    divides by zero: ``b_min`` everywhere), and a flat input gives a prompt-driven blob on every
+    slice. Background has the constant logit 0 (:class:`bundle.networks.BLOSAM`), so the other
+    classes are set far below it.
+    """
+    flat = images.flatten(1)
+    constant = (flat == flat[:, :1]).all(dim=1)
+    if not bool(constant.any()):
+        return logits
+    logits = logits.clone()
+    logits[constant, 0] = 0.0
+    logits[constant, 1:] = -1e4
+    return logits
+
+
 class SliceWiseInferer(Inferer):
     """Run a 2D network on every slice of B x C x H x W x D volumes along the last axis.
+
+    Constant slices are predicted empty (:func:`empty_if_constant`).
 
     Args:
         input_size: the network's square input side.
@@ -62,9 +84,11 @@ class SliceWiseInferer(Inferer):
             chunks = tqdm(chunks, desc="slices", unit="batch")
         outputs = []
         for start in chunks:
-            x, (h, w) = fit_longest_side(slices[start : start + self.slices_per_batch], self.input_size)
+            chunk = slices[start : start + self.slices_per_batch]
+            x, (h, w) = fit_longest_side(chunk, self.input_size)
             logits = network(x, *args, **kwargs)[..., :h, :w]
-            outputs.append(F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False))
+            logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+            outputs.append(empty_if_constant(chunk, logits))
         out = torch.cat(outputs)  # (B*D) x K x H x W
         out = out.reshape(batch, depth, -1, height, width).permute(0, 2, 3, 4, 1)  # B x K x H x W x D
         if isinstance(inputs, MetaTensor):  # the prediction lies on the input's grid: same meta

@@ -62,7 +62,7 @@ def test_volume_inference_writes_a_nifti_on_the_input_grid(tmp_path):
         [sys.executable, "-m", "monai.bundle", "run",
          "--config_file", "['configs/inference.json','configs/volumes.json']",
          "--input_dir", str(inputs), "--output_dir", str(out),
-         "--ckpt", str(tmp_path / "tiny.pt"), "--backbone", "sam_tiny"],
+         "--ckpt", str(tmp_path / "tiny.pt"), "--backbone", "sam_tiny", "--prompt", "dense"],
         cwd=ROOT, env=dict(os.environ, PYTHONWARNINGS="ignore"), capture_output=True, text=True,
     )  # fmt: skip
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
@@ -85,3 +85,50 @@ def test_flip_tta_averages_flipped_predictions_and_is_a_no_op_without_flips():
         torch.testing.assert_close(torch.softmax(out, 1), expected, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="spatial axes"):
         FlipTTAInferer([[2]])
+
+
+def test_constant_slices_are_predicted_empty():
+    from bundle.inferers import empty_if_constant
+
+    vol = _smooth_volume(d=3)
+    vol[..., 1] = 7.0  # one flat slice
+
+    def network(x):  # foreground everywhere, whatever the input
+        return torch.cat([torch.zeros_like(x[:, :1]), torch.ones_like(x[:, :1])], 1)
+
+    out = SliceWiseInferer(input_size=64, slices_per_batch=2)(vol, network).argmax(1)
+    assert out[..., 1].sum() == 0 and out[..., 0].all() and out[..., 2].all()
+    logits = torch.ones(2, 2, 4, 4)
+    assert torch.equal(empty_if_constant(torch.rand(2, 3, 4, 4), logits), logits)
+
+
+def test_volume_with_nan_and_constant_volume(tmp_path):
+    """One NaN voxel no longer blanks the volume (replaced by the finite minimum, reported with the
+    file and count); an all-zero volume is reported and gives an empty mask."""
+    from bundle.networks import BLOSAM
+
+    torch.manual_seed(0)
+    torch.save(BLOSAM("sam_tiny").state_dict(), tmp_path / "tiny.pt")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    data = (_smooth_volume(40, 30, 3)[0, 0].numpy() * 1000 - 500).astype(np.float32)
+    nan = data.copy()
+    nan[np.unravel_index(np.argmin(data), data.shape)] = np.nan  # the finite minimum replaces it exactly
+    for name, vol in (("clean", data), ("nan", nan), ("zeros", np.zeros_like(data))):
+        nib.save(nib.Nifti1Image(vol, np.eye(4)), inputs / f"{name}.nii.gz")
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run",
+         "--config_file", "['configs/inference.json','configs/volumes.json']",
+         "--input_dir", str(inputs), "--output_dir", str(out),
+         "--ckpt", str(tmp_path / "tiny.pt"), "--backbone", "sam_tiny", "--prompt", "dense"],
+        cwd=ROOT, env=dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1"), capture_output=True, text=True,
+    )  # fmt: skip
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert "nan.nii.gz: 1 NaN or infinite voxels replaced" in log
+    assert "zeros.nii.gz: every voxel is 0" in log
+    masks = {n: np.asarray(nib.load(out / f"{n}.nii.gz").dataobj) for n in ("clean", "nan", "zeros")}
+    assert masks["clean"].any(), "the test model should find something on the clean volume"
+    np.testing.assert_array_equal(masks["nan"], masks["clean"])
+    assert not masks["zeros"].any()

@@ -58,3 +58,26 @@ def test_inverted_prediction_lands_on_the_file_grid(asymmetric_png):
     truth = torch.from_numpy(pixels == 255)
     assert (picture != truth).float().mean() < 0.02
     assert (picture & truth).sum() / truth.sum() > 0.9
+
+
+def test_a_large_image_is_shrunk_first_and_mapped_back(tmp_path):
+    """Longer side than LARGE_SIDE: shrunk to the model input as soon as read; Invertd restores the size;
+    images up to LARGE_SIDE carry no record of it (their path is unchanged)."""
+    from bundle.preprocessing import LARGE_SIDE
+
+    height, width = 60, LARGE_SIDE + 104
+    pixels = np.zeros((height, width), np.uint8)
+    pixels[:, : width // 2] = 255  # bright left half
+    Image.fromarray(pixels).save(tmp_path / "wide.png")
+    chain = Compose(model_input_transforms("litemedsam", SIZE, nonfinite="min"))
+    out = chain({"image": str(tmp_path / "wide.png")})
+    assert tuple(out["image"].shape) == (3, SIZE, SIZE)
+    assert [op["class"] for op in out["image"].applied_operations] == ["Resize", "Transposed", "Resize", "SpatialPad"]
+    out["pred"] = (out["image"][:1] > 0.5).float()
+    back = Invertd(keys="pred", transform=chain, orig_keys="image", nearest_interp=False)(out)["pred"]
+    assert tuple(back.shape) == (1, width, height)
+    picture = back[0].T > 0.5
+    assert (picture != torch.from_numpy(pixels == 255)).float().mean() < 0.02
+    Image.fromarray(pixels[:, :LARGE_SIDE]).save(tmp_path / "limit.png")
+    ops = chain({"image": str(tmp_path / "limit.png")})["image"].applied_operations
+    assert [op["class"] for op in ops] == ["Transposed", "Resize", "SpatialPad"]
