@@ -27,6 +27,7 @@ from bundle.experiments import (  # noqa: E402
     compute_time,
     per_seed_table,
     plan_grid,
+    recorded_protocol,
     run_grid,
     summary_table,
 )
@@ -43,9 +44,10 @@ def write_report(runs, settings: GridSettings, report: Path, iterations: int) ->
         "",
         "Backbone: **LiteMedSAM** (MedSAM-Lite's TinyViT encoder + SAM decoder, the bundle's offline "
         "default), not the paper's ViT-B SAM. "
-        f"{iterations} iterations per trained run, batch 2 per level, AdamW lr 0.005 with polynomial decay; "
-        "the best iteration by Dice on a 10-image validation set drawn from the training pool (never the "
-        "test set). Test: the paper's splits (last 147 JSRT ids, last 500 Kvasir-SEG ids); Dice and HD95 at "
+        f"{iterations} iterations per trained run, batch 2 per level, AdamW lr 0.005 with polynomial decay. "
+        f"{recorded_protocol(results, settings.root)} "
+        "Test: the paper's splits (last 147 JSRT ids, last 500 Kvasir-SEG ids, the dental set's official test "
+        "ids); Dice and HD95 at "
         "each image's original resolution. A cell is the mean ± std over seeds of the per-run mean Dice. "
         "HD95 (pixels) is averaged over cases with a non-empty prediction; "
         "'empty predictions' counts the others. "

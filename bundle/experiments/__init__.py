@@ -1,7 +1,15 @@
 """The paper's few-shot protocol as a grid of bundle runs, with its summary table and figures."""
 
 from bundle.experiments.grid import DATASETS, METHODS, GridSettings, Run, execute, plan_grid, run_grid
-from bundle.experiments.summary import collect, compute_time, load_result, paired_test, per_seed_table, summary_table
+from bundle.experiments.summary import (
+    collect,
+    compute_time,
+    load_result,
+    paired_test,
+    per_seed_table,
+    recorded_protocol,
+    summary_table,
+)
 
 __all__ = [
     "DATASETS",
@@ -14,6 +22,7 @@ __all__ = [
     "load_result",
     "paired_test",
     "per_seed_table",
+    "recorded_protocol",
     "plan_grid",
     "run_grid",
     "summary_table",

@@ -54,7 +54,7 @@ METHODS: dict[str, Method] = {
         ),  # fmt: skip
         Method(
             "decoder-only",
-            "single level: LoRA decoder on D1+D2, prompt fixed at its initial value (a whole-image box)",
+            "single level: LoRA decoder on D1+D2, the prompt not trained (kept at its initial value)",
             train_files=("methods/single_level.json",),
             overrides={"single_level_parameters": "$@network.lower_parameters()"},
         ),  # fmt: skip

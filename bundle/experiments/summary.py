@@ -98,6 +98,30 @@ def paired_test(a: list[RunResult], b: list[RunResult]) -> tuple[float, float, i
     return float(np.median(diff)), float(wilcoxon(diff).pvalue), len(keys)
 
 
+def recorded_protocol(results: list[RunResult], root: Path) -> str:
+    """One sentence on how the finished runs were made, read from their recorded ``config.json``:
+    the labelled images each used (k, or k + validation images) and what the encoder was shown."""
+    settings = set()
+    for result in results:
+        path = result.run.folder(root) / "config.json"
+        if result.run.seed is None or not path.is_file():
+            continue
+        config = json.loads(path.read_text())
+        upright = config.get("upright")  # absent before the bundle showed the encoder upright images
+        settings.add((int(config.get("val_size") or 0), upright is not False and upright is not None,
+                      str(config.get("prompt", "dense"))))  # fmt: skip
+    parts = []
+    for val, upright, prompt in sorted(settings):
+        labels = (
+            f"k + {val} labelled images (the {val} validation images pick the best iteration)"
+            if val
+            else ("exactly k labelled images (final weights)")
+        )
+        view = "upright" if upright else "transposed (the bundle before version 0.2)"
+        parts.append(f"{labels}; encoder input {view}; prompt `{prompt}`")
+    return "Runs used: " + " | ".join(parts) + "." if parts else ""
+
+
 def collect(runs: list[Run], root: Path) -> list[RunResult]:
     """Results of the finished runs among ``runs``."""
     return [r for r in (load_result(run, root) for run in runs) if r is not None]
