@@ -211,12 +211,12 @@ def test_unknown_option_with_equals_sign(fails):
 
 
 def test_unknown_option_in_merged_configs(fails):
-    argv = ["evaluating", "--config_file", f"['{TRAIN}','{EVAL}']", "--ckpt", "m.pt"]
+    argv = ["evaluating", "--config_file", f"[{TRAIN!r},{EVAL!r}]", "--ckpt", "m.pt"]
     fails(lambda: check_command_line(argv), "--ckpt", "did you mean --ckpt_")
 
 
 def test_known_options_pass():
-    argv = ["training", "--config_file", f"['{TRAIN}','{EVAL}']", "--shots", "2", "--ckpt_path", "m.pt",
+    argv = ["training", "--config_file", f"[{TRAIN!r},{EVAL!r}]", "--shots", "2", "--ckpt_path", "m.pt",
             "--validate#dataloader#num_workers", "0", "--network_def#prompt", "dense"]  # fmt: skip
     check_command_line(argv)
 
@@ -600,7 +600,7 @@ def test_cli_worker_error_during_evaluation(tmp_path, tiny_ckpt):
         (data / sub).mkdir(parents=True)
         for src in sorted((SAMPLE / sub).iterdir()):
             (data / sub / src.name).write_bytes(b"garbage" if sub == "images" else src.read_bytes())
-    proc = _bundle_run("evaluating", "--config_file", f"['{TRAIN}','{EVAL}']", "--dataset_dir", str(data),
+    proc = _bundle_run("evaluating", "--config_file", f"[{TRAIN!r},{EVAL!r}]", "--dataset_dir", str(data),
                        *TINY, "--ckpt_path", str(tiny_ckpt), "--ckpt_dir", str(tmp_path / "m"),
                        "--output_dir", str(tmp_path / "eval"), "--embedding_cache_dir", "None")  # fmt: skip
     _assert_cli_failure(proc, str(data / "images"))
