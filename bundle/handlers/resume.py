@@ -86,6 +86,9 @@ class ResumableTraining:
         best_saver: the evaluator's ``CheckpointSaver`` keeping the best model.
         fingerprint: anything identifying the run; a checkpoint with another one is not resumed.
         resume: ``False`` starts afresh even if a checkpoint exists.
+        summary_writer: the run's TensorBoard ``SummaryWriter``: after a resume from iteration k it
+            gets a purge marker at k + 1, so TensorBoard hides what the interrupted attempt logged
+            after k instead of showing those iterations twice.
     """
 
     def __init__(
@@ -101,8 +104,10 @@ class ResumableTraining:
         best_saver: Any = None,
         fingerprint: Any = None,
         resume: bool = True,
+        summary_writer: Any = None,
     ) -> None:
         self.path = Path(path)
+        self.summary_writer = summary_writer
         self.interval = int(interval)
         self.network = network
         self.optimizers = list(optimizers)
@@ -258,8 +263,22 @@ class ResumableTraining:
         engine.state.epoch = state["epoch"] + 1  # restored as iteration `iteration + 1` starts
         self.resumed_from = state["iteration"]
         logger.info(f"resumed from {self.path} at iteration {self.resumed_from}")
+        purge_tensorboard(self.summary_writer, self.resumed_from + 1)
 
     def remove(self, engine: Engine) -> None:
         """A finished run needs no resume point."""
         if engine.state.epoch >= engine.state.max_epochs and is_main_process():
             self.path.unlink(missing_ok=True)
+
+
+def purge_tensorboard(writer: Any, step: int) -> None:
+    """Make TensorBoard hide the events of ``writer``'s log folder logged at ``step`` or later by an
+    earlier attempt (the marker ``SummaryWriter(purge_step=...)`` writes, added to a live writer)."""
+    if writer is None or not hasattr(writer, "_get_file_writer"):
+        return
+    from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+
+    file_writer = writer._get_file_writer()
+    file_writer.add_event(Event(step=int(step), file_version="brain.Event:2"))
+    file_writer.add_event(Event(step=int(step), session_log=SessionLog(status=SessionLog.START)))
+    writer.flush()

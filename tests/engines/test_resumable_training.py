@@ -4,6 +4,7 @@ ends where an uninterrupted one does; the GradScaler and the CUDA random states 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -115,3 +116,41 @@ def test_resume_state_keeps_the_cuda_random_states(make_trainer, tiny_net, tmp_p
     handler.restore(trainer)
     assert len(restored) == 1 and torch.equal(restored[0], cuda_state[0])
     assert trainer.scaler.get_scale() == 2.0**8
+
+
+def test_resume_purges_tensorboard_steps_logged_after_the_resumed_iteration(tmp_path):
+    """A run interrupted at iteration 10 and resumed from its checkpoint of iteration 6 logs 7..10
+    again: the purge marker makes TensorBoard show each iteration once, with the new values."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    from bundle.handlers.resume import purge_tensorboard
+
+    first = SummaryWriter(log_dir=str(tmp_path))
+    for step in range(1, 11):
+        first.add_scalar("lower_loss", 1.0, step)
+    first.close()
+    second = SummaryWriter(log_dir=str(tmp_path))  # the resumed attempt, same folder
+    purge_tensorboard(second, 7)
+    for step in range(7, 16):
+        second.add_scalar("lower_loss", 2.0, step)
+    second.close()
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    scalars = events.Scalars("lower_loss")
+    assert [s.step for s in scalars] == list(range(1, 16))
+    assert [s.value for s in scalars] == [1.0] * 6 + [2.0] * 9
+
+
+def test_training_and_validation_share_the_writer_the_resume_handler_purges():
+    from monai.bundle import ConfigParser
+
+    root = Path(__file__).resolve().parents[2]
+    parser = ConfigParser()
+    parser.read_config(str(root / "configs" / "train.json"))
+    parser.update({"bundle_root": str(root), "backbone": "sam_tiny", "output_dir": "/tmp/tb_shared_writer_test"})
+    config = parser.get()
+    writers = [h.get("summary_writer") for h in config["train"]["handlers"] + config["validate"]["handlers"]
+               if h["_target_"] == "TensorBoardStatsHandler"]  # fmt: skip
+    resume = [h for h in config["train"]["handlers"] if h["_target_"] == "bundle.handlers.ResumableTraining"][0]
+    assert writers == ["@tensorboard_writer"] * 2 and resume["summary_writer"] == "@tensorboard_writer"
