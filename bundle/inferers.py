@@ -20,15 +20,19 @@ from torch import Tensor
 
 
 def fit_longest_side(images: Tensor, size: int) -> tuple[Tensor, tuple[int, int]]:
-    """Resize N x C x H x W images so the longest side is ``size``, pad bottom/right to size x size.
+    """Resize N x C x H x W images so the longest side is ``size``, pad bottom/right to size x size,
+    exactly as :mod:`bundle.preprocessing` does to 2D images (MONAI's ``Resize``, Gaussian
+    anti-aliasing), so a volume's slices reach the network as the training images did.
 
     Returns:
         The padded batch and the resized (h, w) before padding.
     """
-    height, width = images.shape[-2:]
-    scale = size / max(height, width)
-    h, w = max(1, round(height * scale)), max(1, round(width * scale))
-    resized = F.interpolate(images, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    from bundle.preprocessing import image_resize  # the resize of the 2D data path, not a copy of it
+
+    resize = image_resize(size)
+    plain = images.as_tensor() if isinstance(images, MetaTensor) else images
+    resized = torch.stack([torch.as_tensor(resize(image)) for image in plain])
+    h, w = resized.shape[-2:]
     return F.pad(resized, (0, size - w, 0, size - h)), (h, w)
 
 

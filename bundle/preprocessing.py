@@ -31,7 +31,9 @@ from monai.transforms import (
     EnsureTyped,
     InvertibleTransform,
     MapTransform,
+    Resize,
     Resized,
+    ScaleIntensityRangePercentilesd,
     SpatialPadd,
     Transposed,
 )
@@ -145,6 +147,16 @@ def load_transforms(
     return transforms
 
 
+# How an image is resized onto the model input, wherever that happens (2D transforms here, each
+# slice of a volume in ``bundle.inferers.SliceWiseInferer``): MONAI's Gaussian anti-aliasing, bilinear.
+IMAGE_RESIZE = {"size_mode": "longest", "mode": "bilinear", "anti_aliasing": True}
+
+
+def image_resize(input_size: int) -> Resize:
+    """The array transform that resizes a C x H x W image's longest side to ``input_size``."""
+    return Resize(spatial_size=input_size, **IMAGE_RESIZE)
+
+
 def fit_transforms(input_size: int, with_label: bool = False) -> list[MapTransform]:
     """Resize the longest side to ``input_size``: bilinear, anti-aliased image; nearest label."""
     if with_label:
@@ -152,12 +164,26 @@ def fit_transforms(input_size: int, with_label: bool = False) -> list[MapTransfo
             Resized(
                 keys=[IMAGE, LABEL],
                 spatial_size=input_size,
-                size_mode="longest",
-                mode=["bilinear", "nearest"],
-                anti_aliasing=[True, False],
+                size_mode=IMAGE_RESIZE["size_mode"],
+                mode=[IMAGE_RESIZE["mode"], "nearest"],
+                anti_aliasing=[IMAGE_RESIZE["anti_aliasing"], False],
             )
         ]
-    return [Resized(keys=IMAGE, spatial_size=input_size, size_mode="longest", mode="bilinear", anti_aliasing=True)]
+    return [Resized(keys=IMAGE, spatial_size=input_size, **IMAGE_RESIZE)]
+
+
+def volume_transforms(backbone: str, nonfinite: str = "min") -> list[MapTransform]:
+    """The data path of a volume up to the slice-wise inferer: read, channel first, non-finite voxels
+    replaced, percentile intensity scaling to 0..255, then the backbone's normalisation. Each slice
+    is resized and padded inside ``SliceWiseInferer`` with :func:`image_resize`, as 2D images are."""
+    return [
+        LoadAnyImaged(keys=IMAGE),
+        EnsureChannelFirstd(keys=IMAGE),
+        FiniteIntensityd(keys=IMAGE, policy=nonfinite),
+        ScaleIntensityRangePercentilesd(keys=IMAGE, lower=0.5, upper=99.5, b_min=0.0, b_max=255.0, clip=True),
+        SamIntensityd(keys=IMAGE, backbone=backbone),
+        EnsureTyped(keys=IMAGE),
+    ]
 
 
 def pad_transforms(input_size: int, with_label: bool = False) -> list[MapTransform]:
