@@ -69,7 +69,13 @@ def _report(table: str, args: argparse.Namespace) -> str:
         "",
         table,
         "",
-    ])  # fmt: skip
+    ]) + _notes(Path(args.report))  # fmt: skip
+
+
+def _notes(report: Path) -> str:
+    """A hand-written reading next to the report (``<stem>_notes.md``), kept across rewrites."""
+    notes = report.with_name(f"{report.stem}_notes.md")
+    return "\n" + notes.read_text() if notes.is_file() else ""
 
 
 if __name__ == "__main__":
