@@ -10,13 +10,22 @@ resizing the slice, which is not how SAM-family models were trained.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.inferers import Inferer
 from torch import Tensor
+
+from bundle.errors import BundleInputError
+
+# Bytes per voxel that volume inference needs beyond the output logits (4 bytes per class and voxel):
+# the label map, its int64 argmax and the clean-up's copies (measured by
+# scripts/benchmark_volume_memory.py, docs/results/benchmark_volume_memory.md).
+POSTPROCESS_BYTES_PER_VOXEL = 16
 
 
 def fit_longest_side(images: Tensor, size: int) -> tuple[Tensor, tuple[int, int]]:
@@ -34,6 +43,47 @@ def fit_longest_side(images: Tensor, size: int) -> tuple[Tensor, tuple[int, int]
     resized = torch.stack([torch.as_tensor(resize(image)) for image in plain])
     h, w = resized.shape[-2:]
     return F.pad(resized, (0, size - w, 0, size - h)), (h, w)
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate: the kernel's ``MemAvailable``, capped by the cgroup's
+    memory limit (a container or ``systemd-run -p MemoryMax``) when one is set; ``None`` if unknown."""
+    limits = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                limits.append(int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    cgroup = Path("/sys/fs/cgroup")
+    try:
+        maximum = (cgroup / "memory.max").read_text().strip()
+        if maximum != "max":
+            limits.append(int(maximum) - int((cgroup / "memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return min(limits) if limits else None
+
+
+def check_volume_memory(inputs: Tensor, classes: int) -> None:
+    """Refuse a volume whose prediction would not fit in memory, naming the file, before allocating it.
+
+    Without this, a volume too large for the machine is ended by the kernel's out-of-memory killer,
+    which prints nothing and loses the run.
+    """
+    voxels = inputs.shape[0] * math.prod(inputs.shape[2:])
+    needed = voxels * (4 * classes + POSTPROCESS_BYTES_PER_VOXEL)
+    available = available_memory()
+    if available is None or needed <= available:
+        return
+    meta = inputs.meta if isinstance(inputs, MetaTensor) else {}
+    name = meta.get("filename_or_obj", "the volume")
+    name = name[0] if isinstance(name, (list, tuple)) else name
+    shape = " x ".join(str(s) for s in inputs.shape[2:])
+    raise BundleInputError(
+        f"{name}: a {shape} volume needs about {needed / 2**30:.1f} GiB for its prediction, "
+        f"{available / 2**30:.1f} GiB is available; crop or resample it, or use a machine with more memory"
+    )
 
 
 def empty_if_constant(images: Tensor, logits: Tensor) -> Tensor:
@@ -78,23 +128,32 @@ class SliceWiseInferer(Inferer):
             raise ValueError(f"SliceWiseInferer expects B x C x H x W x D volumes, got {tuple(inputs.shape)}.")
         batch, channels, height, width, depth = inputs.shape
         volume = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs  # slicing batched meta fails
-        slices = volume.permute(0, 4, 1, 2, 3).reshape(batch * depth, channels, height, width)
-        if channels == 1:  # SAM encoders take 3 channels
-            slices = slices.expand(-1, 3, -1, -1)
-        chunks = range(0, slices.shape[0], self.slices_per_batch)
+        # Memory stays bounded by the output itself: slices are read from the volume one batch at a
+        # time (no permuted copy of the whole volume) and their logits written into one preallocated
+        # B x K x H x W x D tensor (no list of chunks, no concatenated copy);
+        # scripts/benchmark_volume_memory.py measures the peak per voxel.
+        index = [(b, d) for b in range(batch) for d in range(depth)]
+        chunks = range(0, len(index), self.slices_per_batch)
         if self.progress:
             from tqdm import tqdm
 
             chunks = tqdm(chunks, desc="slices", unit="batch")
-        outputs = []
+        out: Tensor | None = None
         for start in chunks:
-            chunk = slices[start : start + self.slices_per_batch]
+            part = index[start : start + self.slices_per_batch]
+            chunk = torch.stack([volume[b, ..., d] for b, d in part])  # N x C x H x W
+            if channels == 1:  # SAM encoders take 3 channels
+                chunk = chunk.expand(-1, 3, -1, -1)
             x, (h, w) = fit_longest_side(chunk, self.input_size)
             logits = network(x, *args, **kwargs)[..., :h, :w]
             logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
-            outputs.append(empty_if_constant(chunk, logits))
-        out = torch.cat(outputs)  # (B*D) x K x H x W
-        out = out.reshape(batch, depth, -1, height, width).permute(0, 2, 3, 4, 1)  # B x K x H x W x D
+            logits = empty_if_constant(chunk, logits)
+            if out is None:
+                check_volume_memory(inputs, logits.shape[1])
+                out = logits.new_empty((batch, logits.shape[1], height, width, depth))
+            for (b, d), slice_logits in zip(part, logits):
+                out[b, ..., d] = slice_logits
+        assert out is not None  # depth >= 1
         if isinstance(inputs, MetaTensor):  # the prediction lies on the input's grid: same meta
             out = MetaTensor(out, meta=inputs.meta, applied_operations=inputs.applied_operations)
             out.is_batch = inputs.is_batch

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from bundle.errors import BundleInputError
 from bundle.inferers import SliceWiseInferer, fit_longest_side
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,6 +22,17 @@ def _smooth_volume(h=90, w=60, d=3) -> torch.Tensor:
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
     vol = torch.stack([torch.exp(-((yy - 0.2 * k) ** 2 + xx**2) * 3) for k in range(d)], -1)
     return vol[None, None]  # 1 x 1 x H x W x D
+
+
+def _segment_volumes(inputs: Path, out: Path, ckpt: Path) -> subprocess.CompletedProcess:
+    """The bundle's volume inference command with the tiny backbone, as a user types it."""
+    return subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run",
+         "--config_file", "['configs/inference.json','configs/volumes.json']",
+         "--input_dir", str(inputs), "--output_dir", str(out),
+         "--ckpt", str(ckpt), "--backbone", "sam_tiny", "--prompt", "dense"],
+        cwd=ROOT, env=dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1"), capture_output=True, text=True,
+    )  # fmt: skip
 
 
 def test_fit_longest_side_keeps_aspect_and_pads_at_the_end():
@@ -58,13 +70,7 @@ def test_volume_inference_writes_a_nifti_on_the_input_grid(tmp_path):
     data = (_smooth_volume(40, 30, 3)[0, 0].numpy() * 1000 - 500).astype(np.int16)
     nib.save(nib.Nifti1Image(data, affine), inputs / "case7.nii.gz")
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run",
-         "--config_file", "['configs/inference.json','configs/volumes.json']",
-         "--input_dir", str(inputs), "--output_dir", str(out),
-         "--ckpt", str(tmp_path / "tiny.pt"), "--backbone", "sam_tiny", "--prompt", "dense"],
-        cwd=ROOT, env=dict(os.environ, PYTHONWARNINGS="ignore"), capture_output=True, text=True,
-    )  # fmt: skip
+    proc = _segment_volumes(inputs, out, tmp_path / "tiny.pt")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     mask = nib.load(out / "case7.nii.gz")
     assert mask.shape == data.shape
@@ -117,13 +123,7 @@ def test_volume_with_nan_and_constant_volume(tmp_path):
     for name, vol in (("clean", data), ("nan", nan), ("zeros", np.zeros_like(data))):
         nib.save(nib.Nifti1Image(vol, np.eye(4)), inputs / f"{name}.nii.gz")
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run",
-         "--config_file", "['configs/inference.json','configs/volumes.json']",
-         "--input_dir", str(inputs), "--output_dir", str(out),
-         "--ckpt", str(tmp_path / "tiny.pt"), "--backbone", "sam_tiny", "--prompt", "dense"],
-        cwd=ROOT, env=dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1"), capture_output=True, text=True,
-    )  # fmt: skip
+    proc = _segment_volumes(inputs, out, tmp_path / "tiny.pt")
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
     assert "nan.nii.gz: 1 NaN or infinite voxels replaced" in log
@@ -132,3 +132,30 @@ def test_volume_with_nan_and_constant_volume(tmp_path):
     assert masks["clean"].any(), "the test model should find something on the clean volume"
     np.testing.assert_array_equal(masks["nan"], masks["clean"])
     assert not masks["zeros"].any()
+
+
+def test_a_volume_too_large_for_memory_is_refused_naming_the_file(monkeypatch):
+    """The prediction's memory is checked before it is allocated: a clear error naming the file
+    instead of the kernel's silent out-of-memory kill."""
+    from monai.data import MetaTensor
+
+    import bundle.inferers
+
+    vol = MetaTensor(_smooth_volume(d=4), meta={"filename_or_obj": "/data/ct/huge.nii.gz"})
+
+    def network(x):
+        return torch.cat([-x[:, :1], x[:, :1]], 1)
+
+    monkeypatch.setattr(bundle.inferers, "available_memory", lambda: 90 * 60 * 4 * 23)  # needs 24 B/voxel
+    with pytest.raises(BundleInputError, match=r"huge\.nii\.gz: a 90 x 60 x 4 volume needs about .* GiB"):
+        SliceWiseInferer(input_size=64)(vol, network)
+    monkeypatch.setattr(bundle.inferers, "available_memory", lambda: 90 * 60 * 4 * 24)
+    assert SliceWiseInferer(input_size=64)(vol, network).shape == (1, 2, 90, 60, 4)
+
+
+def test_available_memory_is_read_from_the_kernel():
+    from bundle.inferers import available_memory
+
+    available = available_memory()
+    if Path("/proc/meminfo").exists():
+        assert available is not None and 0 < available < 2**50
