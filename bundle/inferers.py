@@ -151,7 +151,7 @@ class SliceWiseInferer(Inferer):
             if out is None:
                 check_volume_memory(inputs, logits.shape[1])
                 out = logits.new_empty((batch, logits.shape[1], height, width, depth))
-            for (b, d), slice_logits in zip(part, logits):
+            for (b, d), slice_logits in zip(part, logits, strict=True):
                 out[b, ..., d] = slice_logits
         assert out is not None  # depth >= 1
         if isinstance(inputs, MetaTensor):  # the prediction lies on the input's grid: same meta

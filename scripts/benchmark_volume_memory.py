@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,7 @@ def make_volume(path: Path, shape: tuple[int, int, int]) -> None:
     import numpy as np
 
     grids = np.ogrid[tuple(slice(0, s) for s in shape)]
-    radius = sum(((g - s / 2) / (s / 3)) ** 2 for g, s in zip(grids, shape))
+    radius = sum(((g - s / 2) / (s / 3)) ** 2 for g, s in zip(grids, shape, strict=True))
     data = np.where(radius < 1, 800, -200) + (grids[0] * 0.5).astype(np.int16)
     nib.save(nib.Nifti1Image(data.astype(np.int16), np.eye(4)), path)
 
@@ -64,7 +63,7 @@ def fit(rows: list[dict]) -> tuple[float, float]:
     n = len(rows)
     xs, ys = [r["voxels"] for r in rows], [r["peak_mib"] for r in rows]
     mx, my = sum(xs) / n, sum(ys) / n
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / max(sum((x - mx) ** 2 for x in xs), 1)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / max(sum((x - mx) ** 2 for x in xs), 1)
     return my - slope * mx, slope * 2**20
 
 
