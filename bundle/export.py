@@ -43,21 +43,21 @@ PROJECT = Path(__file__).resolve().parents[1]
 EXPORT_NET_ID = "export_network_def"
 # where a release would host a task's weights (a placeholder until published: see large_files.yml)
 RELEASE_URL = "https://github.com/<owner>/<repo>/releases/download/v{version}/{asset}"
-# inference.json keys a training config may set for its task (paths and devices are not carried)
-TASK_KEYS = (
-    "backbone",
-    "backbone_checkpoint",
-    "input_size",
-    "upright",
-    "lora_rank",
-    "prompt",
-    "prompt_tokens",
-    "class_names",
-    "tta_flips",
-    "postprocess_fill_holes",
-    "postprocess_components",
-    "postprocess_min_size",
+# Keys that both configs/train.json and configs/inference.json declare but that describe the machine,
+# the folders or the workflow, or are built from the settings; every other shared key is a task setting.
+RUN_KEYS = frozenset(
+    {"imports", "bundle_root", "ckpt_dir", "dataset_dir", "output_dir", "device", "amp"}
+    | {"num_classes", "clean_mask", "network_def", "network", "initialize", "run"}
 )
+
+
+def task_keys() -> tuple[str, ...]:
+    """The inference settings a training config sets for its task: the keys declared by both
+    ``configs/train.json`` and ``configs/inference.json``, less :data:`RUN_KEYS` (paths and devices
+    are not carried). Derived from the configs, so a new shared setting travels without a list to edit."""
+    configs = PROJECT / "configs"
+    train, inference = (json.loads((configs / name).read_text()) for name in ("train.json", "inference.json"))
+    return tuple(k for k in inference if k in train and k not in RUN_KEYS)
 
 
 @dataclass
@@ -74,9 +74,9 @@ class ExportReport:
 
 
 def task_settings(config_files: list[str], overrides: dict | None = None) -> dict:
-    """The task's values of :data:`TASK_KEYS` from its training configs (unresolved, as written)."""
+    """The task's values of :func:`task_keys` from its training configs (unresolved, as written)."""
     config = merged_config(config_files, overrides)
-    return {k: config[k] for k in TASK_KEYS if k in config}
+    return {k: config[k] for k in task_keys() if k in config}
 
 
 def measured_dice(eval_dir: str | Path) -> dict[str, float]:

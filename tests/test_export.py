@@ -178,3 +178,13 @@ def test_the_network_cannot_be_scripted_so_the_zoo_must_skip_its_torchscript_che
     scripted; if this test ever fails, scripting works and the exclusion can go."""
     with pytest.raises(Exception):  # noqa: B017 - TorchScript raises several error types
         torch.jit.script(tiny_net)
+
+
+def test_task_keys_are_the_settings_both_configs_share():
+    from bundle.export import task_keys
+
+    keys = task_keys()
+    for setting in ("backbone", "upright", "prompt", "prompt_tokens", "class_names", "tta_flips"):
+        assert setting in keys
+    assert {"postprocess_fill_holes", "postprocess_components", "postprocess_min_size"} <= set(keys)
+    assert not {"dataset_dir", "ckpt_dir", "output_dir", "device", "clean_mask", "network"} & set(keys)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from bundle.experiments.grid import GridSettings, Run, execute
-from bundle.experiments.summary import load_result, mean_std
+from bundle.experiments.summary import load_result, mean_std, per_case
 
 PRESET_AUGMENTATION = {"jsrt": "radiograph", "kvasir": "endoscopy", "dental": "radiograph"}
 RAW_MASKS = {"postprocess_fill_holes": False, "postprocess_components": 0, "postprocess_min_size": 0.0}
@@ -97,11 +97,7 @@ def _metric(run: Run, root: Path, name: str) -> float:
     path = run.folder(root) / "eval" / f"{name}_raw.csv"
     if not path.is_file():
         return float("nan")
-    import csv
-
-    with open(path) as f:
-        values = [float(row["mean"]) for row in csv.DictReader(f)]
-    values = [v for v in values if not math.isnan(v)]
+    values = [v for v in per_case(path).values() if not math.isnan(v)]
     return float(np.mean(values)) if values else float("nan")
 
 

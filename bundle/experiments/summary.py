@@ -34,7 +34,8 @@ class RunResult:
         return float(np.mean(list(self.dice.values())))
 
 
-def _per_case(path: Path) -> dict[str, float]:
+def per_case(path: Path) -> dict[str, float]:
+    """Per-case values of a metric's ``<metric>_raw.csv`` (MONAI's ``MetricsSaver``), by file name."""
     with open(path) as f:
         return {row["filename"]: float(row["mean"]) for row in csv.DictReader(f)}
 
@@ -46,8 +47,8 @@ def load_result(run: Run, root: Path) -> RunResult | None:
         return None
     timings = json.loads((folder / "done.json").read_text())
     seconds = {k.removesuffix("_seconds"): v for k, v in timings.items() if k.endswith("_seconds")}
-    return RunResult(run, _per_case(folder / "eval" / "val_mean_dice_raw.csv"),
-                     _per_case(folder / "eval" / "val_hd95_raw.csv"), seconds)  # fmt: skip
+    return RunResult(run, per_case(folder / "eval" / "val_mean_dice_raw.csv"),
+                     per_case(folder / "eval" / "val_hd95_raw.csv"), seconds)  # fmt: skip
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
