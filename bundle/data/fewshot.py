@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -57,8 +58,8 @@ class FewShotSplit:
     def summary(self) -> str:
         """One line per subset with its size and the ids of the few-shot sets."""
 
-        def ids(items: list[dict]) -> str:
-            return ", ".join(str(i["id"]) for i in items)
+        def ids(items: list[dict]) -> str:  # MONAI Label's items have no id: their image file names
+            return ", ".join(str(i["id"]) if "id" in i else os.path.basename(str(i.get("image", "?"))) for i in items)
 
         return "\n".join(
             [

@@ -165,3 +165,28 @@ def folder_datalist(
         labels = [found[case] for found in masks]
         items.append({"image": images[case], "label": labels if several else labels[0], "id": case})
     return items
+
+
+def studies_datalist(studies_dir: str | os.PathLike, label_tag: str = "final") -> list[dict]:
+    """The labelled images of a MONAI Label studies folder: ``{"image", "label", "id"}`` items.
+
+    MONAI Label keeps the images in ``studies_dir`` and the labels saved from 3D Slicer in
+    ``studies_dir/labels/<label_tag>/`` under the image's file stem; images without a label are
+    skipped (most of a studies folder is unlabelled). Labels are read as label maps when their values
+    lie in 0..C (MONAI Label saves 0/1), else binarised at ``mask_threshold``.
+
+    Args:
+        studies_dir: the studies folder given to ``monailabel start_server --studies``.
+        label_tag: the label folder (``final``: the submitted labels).
+
+    Returns:
+        Items sorted by id (empty when nothing is labelled yet).
+
+    Raises:
+        MissingInputError: ``studies_dir`` does not exist.
+    """
+    studies = Path(studies_dir)
+    images = _scan(studies, "*")
+    label_dir = studies / "labels" / label_tag
+    labels = _scan(label_dir, "*") if label_dir.is_dir() else {}
+    return [{"image": images[i], "label": labels[i], "id": i} for i in sorted(set(images) & set(labels))]
