@@ -23,6 +23,7 @@ MONAI Label lives in its own environment (numpy pin): ``MONAILABEL_PYTHON`` or
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -33,6 +34,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -67,48 +69,59 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2 * np.logical_and(a, b).sum() / max(a.sum() + b.sum(), 1)
 
 
+@contextlib.contextmanager
+def _serving(
+    task: Path, studies: Path, log_file: Path, work: Path | None = None, env: dict | None = None
+) -> Iterator[tuple[str, dict]]:
+    """Serve ``task`` from MONAI Label over ``studies`` (through ``scripts/monailabel_app.sh``, work folder
+    ``work`` or the script's temporary one); yield the base URL and ``GET /info/`` once the model is
+    listed. Always stops the server (its whole process group)."""
+    port = _free_port()
+    args = ["bash", str(ROOT / "scripts" / "monailabel_app.sh"), str(task), str(studies), str(port)]
+    with open(log_file, "w") as log:
+        server = subprocess.Popen(args + ([str(work)] if work else []), stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True, env=dict(os.environ, MONAILABEL_PYTHON=str(MONAILABEL_PYTHON), **(env or {})))  # fmt: skip
+        try:
+            base = f"http://127.0.0.1:{port}"
+            info, deadline = None, time.time() + 600
+            while time.time() < deadline:
+                assert server.poll() is None, log_file.read_text()[-4000:]
+                try:
+                    info = _get(f"{base}/info/")
+                    if task.name in info.get("models", {}):
+                        break
+                except OSError:
+                    pass
+                time.sleep(2)
+            assert info and task.name in info["models"], log_file.read_text()[-4000:]
+            yield base, info
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
+
+
+def _infer(base: str, model: str, image_id: str, extension: str) -> tuple[bytes, str]:
+    """``POST /infer/<model>?image=<id>&output=image``: the mask file's bytes and content type."""
+    query = urllib.parse.urlencode({"image": image_id, "output": "image"})
+    body = urllib.parse.urlencode({"params": json.dumps({"result_extension": extension})}).encode()
+    request = urllib.request.Request(f"{base}/infer/{model}?{query}", data=body)
+    with urllib.request.urlopen(request, timeout=600) as r:
+        return r.read(), r.headers.get("content-type")
+
+
 def _server_infer(
     task: Path, studies: Path, image_id: str, extension: str, work: Path
 ) -> tuple[dict, bytes, str, float]:
     """Serve ``task`` from MONAI Label over ``studies``; return its /info/ entry and the mask
     ``POST /infer`` answers for ``image_id`` (bytes, content type, seconds). Always stops the server."""
-    model = task.name
-    port = _free_port()
-    log_file = work / "server.log"
-    log = open(log_file, "w")
-    server = subprocess.Popen(["bash", str(ROOT / "scripts" / "monailabel_app.sh"), str(task), str(studies),
-                               str(port), str(work / "monailabel")],
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                              env=dict(os.environ, MONAILABEL_PYTHON=str(MONAILABEL_PYTHON)))  # fmt: skip
-    try:
-        base = f"http://127.0.0.1:{port}"
-        info, deadline = None, time.time() + 600
-        while time.time() < deadline:
-            assert server.poll() is None, log_file.read_text()[-4000:]
-            try:
-                info = _get(f"{base}/info/")
-                if model in info.get("models", {}):
-                    break
-            except OSError:
-                pass
-            time.sleep(2)
-        assert info and model in info["models"], log_file.read_text()[-4000:]
-
-        query = urllib.parse.urlencode({"image": image_id, "output": "image"})
-        body = urllib.parse.urlencode({"params": json.dumps({"result_extension": extension})}).encode()
+    with _serving(task, studies, work / "server.log", work / "monailabel") as (base, info):
         start = time.time()
-        with urllib.request.urlopen(
-            urllib.request.Request(f"{base}/infer/{model}?{query}", data=body), timeout=600
-        ) as r:
-            payload, content_type = r.read(), r.headers.get("content-type")
-        return info["models"][model], payload, content_type, time.time() - start
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-        log.close()
+        payload, content_type = _infer(base, task.name, image_id, extension)
+        return info["models"][task.name], payload, content_type, time.time() - start
 
 
 def _needs_monailabel() -> None:
@@ -372,3 +385,136 @@ def test_export_leaves_no_half_written_folder_and_needs_no_eval_folder(tmp_path,
     assert "ONNX export skipped: onnxscript not installed" in caplog.text
     assert sorted(p.name for p in out.iterdir()) == ["polyp"]  # no temporary folder left, the previous export kept
     assert (first.folder / "models" / "model.pt").stat().st_mtime_ns == stamp
+
+
+# --- the loop in MONAI Label: untrained task, 4 labels, Train, segment the rest (real data) -----------------
+
+JSRT = ROOT.parent / "shared" / "data" / "jsrt"
+LOOP_STUDIES, LOOP_LABELS = 12, 4
+LOOP_ITERATIONS = 100  # MONAI Label's max_epochs: BLO-SAM iterations
+
+
+def _jsrt_lungs(case: str, size: tuple[int, int]) -> np.ndarray:
+    """The SCR lung masks of a JSRT case (``../shared/data/jsrt``) at ``size`` (width, height)."""
+    masks = [Image.open(JSRT / "masks" / side / f"{case}.gif").convert("L").resize(size, Image.NEAREST)
+             for side in ("left_lung", "right_lung")]  # fmt: skip
+    return np.logical_or(*[np.asarray(m) > 127 for m in masks])
+
+
+def _put_label(base: str, image_id: str, label: Path) -> dict:
+    """``PUT /datastore/label?image=<id>&tag=final`` with the label file, as 3D Slicer's Submit Label sends it."""
+    boundary = "blosam-test-boundary"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="label"; filename={json.dumps(label.name)}\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode() + label.read_bytes()
+    body += f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="params"\r\n\r\n{{}}\r\n--{boundary}--\r\n'.encode()
+    query = urllib.parse.urlencode({"image": image_id, "tag": "final"})
+    request = urllib.request.Request(f"{base}/datastore/label?{query}", data=body, method="PUT",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})  # fmt: skip
+    with urllib.request.urlopen(request, timeout=60) as r:
+        return json.loads(r.read())
+
+
+def _post_json(url: str, payload: dict) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(request, timeout=60) as r:
+        return json.loads(r.read())
+
+
+def _train(base: str, model: str, iterations: int) -> tuple[dict, float]:
+    """``POST /train/<model>`` with ``max_epochs`` (BLO-SAM iterations); wait for the end of the run.
+    Returns ``GET /train/`` (status, last log lines) and the seconds it took."""
+    start = time.time()
+    _post_json(f"{base}/train/{model}", {"max_epochs": iterations})
+    status: dict = {}
+    while time.time() - start < 1800:
+        time.sleep(3)
+        status = _get(f"{base}/train/")
+        if status.get("status") not in ("SUBMITTED", "RUNNING"):
+            break
+    return status, time.time() - start
+
+
+def _server_dice(base: str, model: str, cases: list[Path], out: Path) -> list[float]:
+    out.mkdir(parents=True, exist_ok=True)
+    dice = []
+    for case in cases:
+        payload, _ = _infer(base, model, case.stem, ".png")
+        (out / f"{case.stem}.png").write_bytes(payload)
+        mask = np.asarray(Image.open(out / f"{case.stem}.png")) > 0
+        dice.append(_dice(mask, _jsrt_lungs(case.stem, (mask.shape[1], mask.shape[0]))))
+    return dice
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+@pytest.mark.timeout(3600)
+def test_monailabel_loop_untrained_task_four_labels_train_then_segment_the_rest(tmp_path):
+    """An untrained JSRT task served on 12 studies: 4 labels submitted with ``PUT /datastore/label``,
+    ``POST /train/<task>``, and the served model (no restart) segments the 8 others far better than
+    before; the command-line training on the same 4 labels gives the same Dice (within 3 points)."""
+    _needs_monailabel()
+    if not (JSRT / "images").is_dir():
+        pytest.skip(f"real data not found at {JSRT} (only on development machines)")
+    cases = sorted((JSRT / "images").glob("*.png"))[:LOOP_STUDIES]
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    for case in cases:
+        shutil.copy(case, studies / case.name)
+    labelled, others = cases[:LOOP_LABELS], cases[LOOP_LABELS:]
+    task = tmp_path / "dist" / "lungs"
+    _run("scripts/export.py", "--name", "lungs", "--untrained", "--config_file", *CONFIGS, "--out", str(task.parent))
+    model = task / "models" / "model.pt"
+    server_tmp = tmp_path / "server_tmp"
+    server_tmp.mkdir()
+
+    with _serving(task, studies, tmp_path / "server.log", env={"TMPDIR": str(server_tmp)}) as (base, info):
+        assert "lungs" in info["trainers"], info["trainers"]
+        untrained = _server_dice(base, "lungs", others, tmp_path / "untrained")
+        labels = tmp_path / "labels"
+        labels.mkdir()
+        for i, case in enumerate(labelled):  # 0/1 PNG labels, as Slicer's Submit Label saves a 2D segmentation
+            truth = _jsrt_lungs(case.stem, Image.open(case).size)
+            Image.fromarray(truth.astype(np.uint8)).save(labels / f"{case.stem}.png")
+            _put_label(base, case.stem, labels / f"{case.stem}.png")
+            if i == 0:  # one label: the training is refused in one line, the model stays
+                status, _ = _train(base, "lungs", LOOP_ITERATIONS)
+                assert status["status"] == "ERROR", json.dumps(status)[-4000:]
+                assert any("error: 1 labelled image(s): bi-level training needs at least 2" in line
+                           for line in status["details"]), status["details"]  # fmt: skip
+        assert len(list((studies / "labels" / "final").glob("*.png"))) == LOOP_LABELS
+
+        stamp = model.stat().st_mtime_ns
+        status, train_seconds = _train(base, "lungs", LOOP_ITERATIONS)
+        assert status["status"] == "DONE", json.dumps(status)[-4000:]
+        assert model.stat().st_mtime_ns != stamp
+        first = time.time()
+        trained = _server_dice(base, "lungs", others[:1], tmp_path / "trained")
+        first_seconds = time.time() - first
+        trained += _server_dice(base, "lungs", others[1:], tmp_path / "trained")
+    assert list(server_tmp.iterdir()) == []  # the script's temporary work folder is gone
+
+    # the same 4 labels on the command line, in a fresh copy of the untrained task
+    cli = tmp_path / "cli" / "lungs"
+    _run("scripts/export.py", "--name", "lungs", "--untrained", "--config_file", *CONFIGS, "--out", str(cli.parent))
+    _run("-m", "monai.bundle", "run", "training", "--config_file", str(cli / "configs" / "train.json"),
+         "--bundle_root", str(cli), "--dataset_dir", str(studies),
+         "--train#trainer#max_epochs", str(LOOP_ITERATIONS))  # fmt: skip
+    test_images = tmp_path / "test_images"
+    test_images.mkdir()
+    for case in others:
+        shutil.copy(case, test_images / case.name)
+    _our_inference(cli, test_images, tmp_path / "cli_masks")
+    command_line = [_dice(np.asarray(Image.open(tmp_path / "cli_masks" / f"{c.stem}.png")) > 0,
+                          _jsrt_lungs(c.stem, Image.open(c).size)) for c in others]  # fmt: skip
+
+    print(f"MONAI Label loop, JSRT {LOOP_STUDIES} studies, {LOOP_LABELS} labels, {LOOP_ITERATIONS} iterations: "
+          f"Dice on the other {len(others)}: untrained {np.mean(untrained):.4f} -> trained {np.mean(trained):.4f} "
+          f"(command line on the same labels {np.mean(command_line):.4f}); POST /train to DONE {train_seconds:.0f} s, "
+          f"first segmentation with the new model {first_seconds:.1f} s, "
+          f"Train to first usable mask {train_seconds + first_seconds:.0f} s")  # fmt: skip
+    assert np.mean(trained) > np.mean(untrained) + 0.1
+    assert np.mean(trained) > 0.85
+    assert abs(np.mean(trained) - np.mean(command_line)) < 0.03
