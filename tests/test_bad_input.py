@@ -8,7 +8,9 @@ command line uses (:func:`bundle.errors.excepthook`); a handful run ``python -m 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -65,7 +67,19 @@ def _assert_one_line(text: str, *names: str) -> str:
     assert "\n" not in lines[0] and "Traceback" not in text, text[-3000:]
     for name in names:
         assert name in lines[0], lines[0]
+    _record(lines[0])
     return lines[0]
+
+
+def _record(line: str) -> None:
+    """Append (case, message) to ``$BAD_INPUT_TABLE`` when set: ``scripts/bad_input_table.py`` turns
+    the suite's own messages into the table of docs/results/bad_input.md."""
+    table = os.environ.get("BAD_INPUT_TABLE")
+    if table:
+        case = os.environ.get("PYTEST_CURRENT_TEST", "?").split("::")[-1].removesuffix(" (call)")
+        line = re.sub(r"/tmp/pytest-of-[^/]+/pytest-\d+/[^/]+?/", "<tmp>/", line)
+        with open(table, "a") as f:
+            f.write(json.dumps({"case": case, "message": line}) + "\n")
 
 
 @pytest.fixture
@@ -336,6 +350,25 @@ def test_checkpoint_of_another_prompt(fails, tiny_ckpt):
 def test_checkpoint_of_another_number_of_classes(fails, tiny_ckpt):
     net = _net(num_classes=6)
     fails(lambda: CheckedCheckpointLoader(str(tiny_ckpt), {"model": net}), "model.pt", "--class_names")
+
+
+def test_checkpoint_of_two_classes_in_a_one_class_run(fails, tmp_path, tiny_ckpt):
+    """Up to 3 classes the tensors have the same shapes; the saved class count tells them apart."""
+    two = tmp_path / "two_classes.pt"
+    torch.save(_net(num_classes=2).state_dict(), two)
+    line = fails(lambda: CheckedCheckpointLoader(str(two), {"model": _net()}), "two_classes.pt", "--class_names")
+    assert "trained for 2 class(es)" in line and "gives 1" in line
+
+
+def test_checkpoint_without_a_saved_class_count_still_loads(tmp_path):
+    """Checkpoints written before the class count was saved load as before (strict)."""
+    state = _net().state_dict()
+    del state["class_count"]
+    torch.save(state, tmp_path / "old.pt")
+    net = _net()
+    CheckedCheckpointLoader(str(tmp_path / "old.pt"), {"model": net})
+    net.load_state_dict(torch.load(tmp_path / "old.pt", weights_only=True))
+    assert int(net.class_count) == 1
 
 
 def test_matching_checkpoint_loads(tiny_ckpt):

@@ -23,6 +23,7 @@ from monai.handlers import CheckpointLoader
 from bundle.data.inputs import check_outputs
 from bundle.data.masks import check_training_labels
 from bundle.errors import BundleInputError, MissingInputError
+from bundle.networks.blo_sam import CLASS_COUNT_KEY
 
 # ``monai.bundle run``'s own parameters: everything else on its command line overrides a config id.
 RUN_OPTIONS = ("run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file")
@@ -265,7 +266,16 @@ def check_checkpoint(path: str, network: torch.nn.Module, key: str = "model") ->
             f"{expected[tokens].shape[0]} (--class_names gives {getattr(network, 'num_classes', '?')} classes); "
             "pass the --class_names it was trained with"
         )
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    count = state.get(CLASS_COUNT_KEY)
+    ours = getattr(network, "num_classes", None)
+    if count is not None and ours is not None and count.numel() == 1 and int(count) != int(ours):
+        raise BundleInputError(
+            f"checkpoint {path} was trained for {int(count)} class(es), this run's --class_names gives {ours}; "
+            "pass the --class_names it was trained with"
+        )
+    old_format = {CLASS_COUNT_KEY} - set(state)  # checkpoints written before the class count was saved
+    missing = sorted(set(expected) - set(state) - old_format)
+    unexpected = sorted(set(state) - set(expected))
     prompts = [n for n in missing + unexpected if n.startswith("prompt_") and "." not in n]
     if prompts:
         theirs = sorted(n for n in state if n.startswith("prompt_") and "." not in n)

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,8 @@ from torch import Tensor, nn
 from bundle.networks.backbones import Backbone, build_backbone, sam_state_dict, state_digest
 from bundle.networks.embedding_cache import EmbeddingCache
 from bundle.networks.lora import apply_lora, lora_modules
+
+CLASS_COUNT_KEY = "class_count"
 
 
 class BLOSAM(nn.Module):
@@ -101,9 +104,18 @@ class BLOSAM(nn.Module):
         # it whenever weights are loaded, or a network built with pretrained=False keeps the
         # encoding of its random initial matrix instead of the checkpoint's
         self.register_load_state_dict_post_hook(BLOSAM._refresh_image_pe)
+        # The class count, saved with the weights: up to 3 classes the decoder's tensors have the same
+        # shapes whatever the count (SAM's 4 mask tokens), so only this tells a 2-class checkpoint
+        # from a 1-class one (checked by bundle.handlers.check_checkpoint). Checkpoints written before
+        # it existed load as before.
+        self.register_buffer(CLASS_COUNT_KEY, torch.tensor(self.num_classes, dtype=torch.int64))
+        self.register_load_state_dict_pre_hook(BLOSAM._default_class_count)
         self.embedding_cache = embedding_cache
         self._encoder_id: str | None = None
         self.image_encoder.eval()
+
+    def _default_class_count(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        state_dict.setdefault(prefix + CLASS_COUNT_KEY, getattr(self, CLASS_COUNT_KEY).clone())
 
     # ---- parameter groups -------------------------------------------------------------------
     def lower_parameter_groups(self) -> dict[str, list[nn.Parameter]]:
