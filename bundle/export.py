@@ -50,7 +50,7 @@ from torch import Tensor, nn
 
 from bundle.atomic import atomic_path, current_umask, save_atomically
 from bundle.commands import merged_config, run_bundle
-from bundle.errors import BundleInputError
+from bundle.errors import BundleInputError, MissingInputError
 
 logger = logging.getLogger(__name__)
 
@@ -220,13 +220,15 @@ def _metadata(
     classes = settings.get("class_names", ["foreground"])
     meta["name"] = f"BLO-SAM {name}"
     meta["task"] = f"Prompt-free 2D segmentation of {', '.join(classes)} (BLO-SAM few-shot task {name})"
-    if untrained:
+    if untrained:  # nothing measured: the project's own results describe trained tasks
         meta["task"] += ", untrained: label 2 or more images and train"
     meta["label_classes"] = "single channel of class indices: 0 background, " + ", ".join(
         f"{i} {c}" for i, c in enumerate(classes, 1)
     )
     meta["pred_classes"] = f"{len(classes) + 1} channels: background, " + ", ".join(classes)
-    meta["eval_metrics"] = {k: v for k, v in metrics.items() if k != "test_cases"} or meta["eval_metrics"]
+    meta["eval_metrics"] = {k: v for k, v in metrics.items() if k != "test_cases"} or (
+        {} if untrained else meta["eval_metrics"]
+    )
     fmt = meta["network_data_format"]
     fmt["inputs"]["image"]["spatial_shape"] = [input_size, input_size]
     out = fmt["outputs"]["pred"]
@@ -334,7 +336,7 @@ def export_task(
         raise BundleInputError(f"--ckpt {ckpt} with --untrained: give one of them")
     if not untrained:
         if ckpt is None or not Path(ckpt).is_file():
-            raise BundleInputError(
+            raise MissingInputError(
                 f"--ckpt {ckpt}: checkpoint not found; train the task first, or export an untrained task with --untrained"
             )
     if onnx and onnx_tools_missing():

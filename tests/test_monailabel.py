@@ -283,7 +283,8 @@ def test_exported_train_config_has_the_ids_monai_label_and_the_train_workflow_us
     required = [p["id"].replace("::", "#") for p in TrainProperties.values() if p["required"]]
     assert [key for key in required if key not in parser] == []
     meta = json.loads((untrained_task / "configs" / "metadata.json").read_text())
-    assert "untrained" in meta["task"] and "not yet" in (untrained_task / "docs" / "README.md").read_text()
+    assert "untrained" in meta["task"] and meta["eval_metrics"] == {}
+    assert "not yet" in (untrained_task / "docs" / "README.md").read_text()
 
 
 # MONAI Label's trainer, as monailabel/tasks/train/bundle.py runs one training: the bundle's train.json with
@@ -408,7 +409,9 @@ def _put_label(base: str, image_id: str, label: Path) -> dict:
         f'--{boundary}\r\nContent-Disposition: form-data; name="label"; filename={json.dumps(label.name)}\r\n'
         "Content-Type: application/octet-stream\r\n\r\n"
     ).encode() + label.read_bytes()
-    body += f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="params"\r\n\r\n{{}}\r\n--{boundary}--\r\n'.encode()
+    body += (
+        f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="params"\r\n\r\n{{}}\r\n--{boundary}--\r\n'.encode()
+    )
     query = urllib.parse.urlencode({"image": image_id, "tag": "final"})
     request = urllib.request.Request(f"{base}/datastore/label?{query}", data=body, method="PUT",
                                      headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})  # fmt: skip
