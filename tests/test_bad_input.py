@@ -24,6 +24,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.data import CacheDataset, DataLoader, Dataset
 from monai.handlers import CheckpointSaver
+from monai.transforms import EnsureChannelFirstd
 from PIL import Image
 
 from bundle import errors
@@ -189,8 +190,9 @@ def test_garbage_mask(fails, tmp_path):
 def test_mask_of_another_image(fails, tmp_path):
     image = _png(tmp_path / "img.png", shape=(24, 32))
     mask = _png(tmp_path / "m.png", value=255, shape=(50, 20))
-    data = LoadAnyImaged("image")({"image": image, "label": mask})
-    fails(lambda: LoadMaskd("label", threshold=127)(data), "m.png", "img.png")
+    data = EnsureChannelFirstd("image")(LoadAnyImaged("image")({"image": image, "label": mask}))  # as the configs
+    line = fails(lambda: LoadMaskd("label", threshold=127)(data), "m.png", "img.png")
+    assert "(20, 50)" in line and "(32, 24)" in line  # MONAI's (x, y) order of both files
 
 
 def test_image_error_inside_a_dataloader_worker(fails, tmp_path):
