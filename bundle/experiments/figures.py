@@ -148,7 +148,10 @@ def case_labels(result: RunResult, root: Path) -> dict[str, str | list[str]]:
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / DATASETS[result.run.dataset].config)])
     parser["dataset_dir"] = command["overrides"]["dataset_dir"]
-    return {str(item["image"]): item["label"] for item in parser.get_parsed_content("datalist")}
+    items = list(parser.get_parsed_content("datalist"))
+    if "test_datalist" in parser:  # a data set with its own test split (dental)
+        items += list(parser.get_parsed_content("test_datalist") or [])
+    return {str(item["image"]): item["label"] for item in items}
 
 
 def overlay_grid(result: RunResult, root: Path, path: Path, threshold: int = 127) -> Path:
