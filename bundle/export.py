@@ -64,6 +64,7 @@ RELEASE_URL = "https://github.com/<owner>/<repo>/releases/download/v{version}/{a
 RUN_KEYS = frozenset(
     {"imports", "bundle_root", "ckpt_dir", "dataset_dir", "output_dir", "device", "amp"}
     | {"num_classes", "clean_mask", "network_def", "network", "initialize", "run"}
+    | {"batch_size", "embedding_cache"}  # the loader's and the cache's: training's differ from inference's
 )
 
 

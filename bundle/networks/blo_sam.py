@@ -274,9 +274,9 @@ class BLOSAM(nn.Module):
         logits = self.decode(self.encode(plain))
         if meta is None or torch.is_grad_enabled():
             return logits
-        out = MetaTensor(logits, meta=meta.meta, applied_operations=meta.applied_operations)
-        out.is_batch = meta.is_batch
-        return out
+        # the input's meta attributes, shared (what the constructor's meta= would do, but a batch's meta
+        # holds one value per image, which MONAI 1.6's constructor cannot read: batch > 1 failed)
+        return MetaTensor(logits).copy_meta_from(meta, copy_attr=False)
 
     # ---- export -------------------------------------------------------------------------------
     @torch.no_grad()
