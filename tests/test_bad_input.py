@@ -583,6 +583,7 @@ def inputs(tmp_path) -> Path:
     return folder
 
 
+@pytest.mark.slow  # a whole `python -m monai.bundle run` (15-25 s); the in-process case above covers the message
 def test_cli_corrupt_input_image_keeps_earlier_masks(tmp_path, inputs, tiny_ckpt):
     (inputs / "zz_bad.png").write_bytes(b"garbage")
     out = tmp_path / "out"
@@ -620,6 +621,7 @@ def test_cli_unknown_option(tmp_path):
     assert not (tmp_path / "models" / "model.pt").exists() and time.monotonic() - start < 120
 
 
+@pytest.mark.slow  # a whole `python -m monai.bundle run` (15-25 s); the in-process case above covers the message
 def test_cli_output_dir_is_input_dir(inputs, tiny_ckpt):
     before = _digests(inputs)
     proc = _bundle_run("--config_file", INFER, "--input_dir", str(inputs), "--output_dir", str(inputs),
@@ -628,6 +630,7 @@ def test_cli_output_dir_is_input_dir(inputs, tiny_ckpt):
     assert _digests(inputs) == before
 
 
+@pytest.mark.slow  # a whole `python -m monai.bundle run` (15-25 s); the in-process case above covers the message
 def test_cli_worker_error_during_evaluation(tmp_path, tiny_ckpt):
     """Evaluation reads images in a DataLoader worker (num_workers 1): still one line, no SIGABRT."""
     data = tmp_path / "kvasir"
