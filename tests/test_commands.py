@@ -29,6 +29,7 @@ def test_merged_config_merges_files_in_order_then_applies_overrides(tmp_path):
     assert merged == {"shots": 4, "optim": {"lr": 0.01, "wd": 0.5}, "seed": 3}
 
 
+@pytest.mark.slow  # three verify_metadata processes (about 40 s); tests/test_zoo.py runs the same commands
 def test_run_bundle_returns_output_and_names_the_failing_command(tmp_path):
     schema = tmp_path / "schema.json"
     shutil.copy(ROOT / "tests" / "fixtures" / "meta_schema_20240725.json", schema)
