@@ -113,11 +113,13 @@ def measured_dice(eval_dir: str | Path) -> dict[str, float]:
     }
 
 
-def inference_config(settings: dict, volumes: bool = False) -> dict:
+def inference_config(settings: dict, volumes: bool = False, interactive: bool = False) -> dict:
     """``configs/inference.json`` with the task's settings and, for a volume task,
-    ``configs/volumes.json`` merged in (unresolved, as written)."""
+    ``configs/volumes.json`` merged in (unresolved, as written); ``interactive``: also
+    ``configs/interactive.json`` (a user's box or clicks with the learnt prompt, :mod:`bundle.interactive`)."""
     configs = PROJECT / "configs"
     files = [configs / "inference.json"] + ([configs / "volumes.json"] if volumes else [])
+    files += [configs / "interactive.json"] if interactive else []
     # the zoo's dataset_dir is the default input folder; EXPORT_NET_ID is what the exports trace
     paths = {"dataset_dir": "$@bundle_root + '/sample'", "input_dir": "@dataset_dir",
              EXPORT_NET_ID: {"_target_": "bundle.export.batch_flexible", "net": "@network_def"}}  # fmt: skip
@@ -248,6 +250,19 @@ def _metadata(
         image.update(num_channels=1, spatial_shape=["*", "*", "*"], modality="CT or MR volume",
                      channel_def={"0": "intensity"})  # fmt: skip
         out["spatial_shape"] = ["*", "*", "*"]
+    return meta
+
+
+def interactive_metadata(meta: dict) -> dict:
+    """The metadata of a task's interactive model (``configs/interactive.json``): 2D, so that 3D Slicer
+    sends the clicks of the slice the user works on and takes that one slice back (a volume is corrected
+    slice by slice), and a binary output (background, the prompted class)."""
+    meta = copy.deepcopy(meta)
+    meta["task"] = meta["task"].split(" (")[0] + ": interactive correction with a box or clicks, one slice at a time"
+    fmt = meta["network_data_format"]
+    fmt["inputs"]["image"]["spatial_shape"] = ["*", "*"]
+    out = fmt["outputs"]["pred"]
+    out.update(num_channels=2, spatial_shape=["*", "*"])
     return meta
 
 
@@ -399,6 +414,8 @@ def _write_task(
 
     inference = inference_config(settings, volumes)
     (dest / "configs" / "inference.json").write_text(json.dumps(inference, indent=4) + "\n")
+    interactive = inference_config(settings, volumes, interactive=True)
+    (dest / "configs" / "interactive.json").write_text(json.dumps(interactive, indent=4) + "\n")
     if not volumes:
         train = training_config(config_files, overrides)
         (dest / "configs" / "train.json").write_text(json.dumps(train, indent=4) + "\n")
@@ -409,9 +426,9 @@ def _write_task(
     parser.read_config(str(dest / "configs" / "inference.json"))
     input_size = int(parser.get_parsed_content("input_size"))
     metrics = measured_dice(eval_dir) if eval_dir and not untrained else {}
-    (dest / "configs" / "metadata.json").write_text(
-        json.dumps(_metadata(settings, name, metrics, input_size, volumes, untrained), indent=4) + "\n"
-    )
+    meta = _metadata(settings, name, metrics, input_size, volumes, untrained)
+    (dest / "configs" / "metadata.json").write_text(json.dumps(meta, indent=4) + "\n")
+    (dest / "configs" / "interactive_metadata.json").write_text(json.dumps(interactive_metadata(meta), indent=4) + "\n")
     source = " ".join(["--config_file", json.dumps([Path(f).name for f in config_files])]
                       + [f"--{k} {v}" for k, v in (overrides or {}).items()])  # fmt: skip
     (dest / "docs" / "README.md").write_text(_model_card(name, settings, metrics, source, volumes, untrained))

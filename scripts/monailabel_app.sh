@@ -55,8 +55,23 @@ fi
 mkdir -p "$work/apps/monaibundle/model"
 rm -rf "$work/apps/monaibundle/model/$name"
 ln -s "$task" "$work/apps/monaibundle/model/$name"
+models=$name
+# The task's interactive model (a box or clicks with the fine-tuned decoder and its learnt prompt): a
+# second model folder of links into the task, whose inference config is the task's interactive.json.
+# Its name ends in "_deepgrow", which is how MONAI Label types a model as interactive (3D Slicer lists
+# it under SmartEdit / Deepgrow); it shares the task's weights, so a training updates both.
+if [ -f "$task/configs/interactive.json" ]; then
+    edit="$work/apps/monaibundle/model/${name}_deepgrow"
+    rm -rf "$edit"
+    mkdir -p "$edit/configs"
+    ln -s "$task/configs/interactive.json" "$edit/configs/inference.json"
+    ln -s "$task/configs/interactive_metadata.json" "$edit/configs/metadata.json"
+    ln -s "$task/models" "$edit/models"
+    ln -s "$task/bundle" "$edit/bundle"
+    models="$models,${name}_deepgrow"
+fi
 
-echo "MONAI Label app: $work/apps/monaibundle (model and trainer '$name' -> $task); http://$host:$port" >&2
+echo "MONAI Label app: $work/apps/monaibundle (models '$models', trainer '$name' -> $task); http://$host:$port" >&2
 server=
 stop() {
     trap - EXIT INT TERM
@@ -72,7 +87,7 @@ trap stop EXIT
 trap 'stop; exit 143' TERM
 trap 'stop; exit 130' INT
 "$python" -m monailabel.main start_server --app "$work/apps/monaibundle" --studies "$studies" \
-    --conf models "$name" --conf zoo_source local --conf sam2 false --conf skip_trainers false \
+    --conf models "$models" --conf zoo_source local --conf sam2 false --conf skip_trainers false \
     --conf preload false --host "$host" --port "$port" &
 server=$!
 wait "$server"

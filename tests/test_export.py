@@ -81,12 +81,23 @@ def test_export_writes_a_self_contained_task_bundle_with_matching_exports(tmp_pa
     # the folder works on its own: metadata verifies, and inference runs from inside it
     for args in (["verify_metadata", "--meta_file", "configs/metadata.json", "--filepath", str(schema)],
                  ["run", "--config_file", "configs/inference.json", "--input_dir", str(ROOT / "bundle" / "sample_data" / "kvasir" / "images"),
-                  "--output_dir", str(tmp_path / "masks")]):  # fmt: skip
+                  "--output_dir", str(tmp_path / "masks")],
+                 # the interactive model, from the command line: the same box on every image
+                 ["run", "--config_file", "configs/interactive.json", "--input_dir", str(ROOT / "bundle" / "sample_data" / "kvasir" / "images"),
+                  "--output_dir", str(tmp_path / "boxed"), "--user_prompt", "{'roi': [40, 200, 30, 180]}"]):  # fmt: skip
         proc = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=task, env=env,
                               capture_output=True, text=True, check=False)  # fmt: skip
         assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     masks = sorted((tmp_path / "masks").glob("*.png"))
     assert len(masks) == 16 and set(np.unique(np.asarray(Image.open(masks[0])))) <= {0, 1}
+    boxed = [np.asarray(Image.open(p)) for p in sorted((tmp_path / "boxed").glob("*.png"))]
+    assert len(boxed) == 16 and set(np.unique(boxed[0])) <= {0, 1}
+    assert any((b != np.asarray(Image.open(m))).any() for b, m in zip(boxed, masks, strict=True))  # the box changed masks
+    interactive = json.loads((task / "configs" / "interactive.json").read_text())
+    assert interactive["inferer"]["_target_"] == "bundle.interactive.PromptedInferer"
+    assert interactive["class_names"] == ["polyp"] and interactive["backbone"] == "sam_tiny"
+    edit_meta = json.loads((task / "configs" / "interactive_metadata.json").read_text())
+    assert edit_meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == ["*", "*"]
 
     with zipfile.ZipFile(report.zip_file) as zf:
         names = set(zf.namelist())

@@ -2,6 +2,6 @@
 
 from bundle.networks.backbones import BACKBONES, build_backbone, default_input_size
 from bundle.networks.blo_sam import BLOSAM
-from bundle.networks.embedding_cache import EmbeddingCache
+from bundle.networks.embedding_cache import EmbeddingCache, shared_embedding_cache
 
-__all__ = ["BACKBONES", "BLOSAM", "EmbeddingCache", "build_backbone", "default_input_size"]
+__all__ = ["BACKBONES", "BLOSAM", "EmbeddingCache", "build_backbone", "default_input_size", "shared_embedding_cache"]

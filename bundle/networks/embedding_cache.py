@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from collections import OrderedDict
 from pathlib import Path
 
@@ -34,6 +35,7 @@ class EmbeddingCache:
         self.cache_dir = Path(cache_dir) if cache_dir not in (None, "") else None
         self.max_items = max_items
         self._memory: OrderedDict[str, Tensor] = OrderedDict()
+        self._lock = threading.Lock()  # a server's models may share one cache across request threads
         self.hits = 0
         self.misses = 0
 
@@ -47,10 +49,12 @@ class EmbeddingCache:
 
     def get(self, key: str) -> Tensor | None:
         """The cached embedding (on CPU), or ``None``."""
-        if key in self._memory:
-            self._memory.move_to_end(key)
-            self.hits += 1
-            return self._memory[key]
+        with self._lock:
+            value = self._memory.get(key)
+            if value is not None:
+                self._memory.move_to_end(key)
+                self.hits += 1
+                return value
         path = self._path(key)
         if path is not None and path.is_file():
             try:
@@ -85,10 +89,31 @@ class EmbeddingCache:
         return len(self._memory)
 
     def _remember(self, key: str, value: Tensor) -> None:
-        self._memory[key] = value
-        self._memory.move_to_end(key)
-        while len(self._memory) > self.max_items:
-            self._memory.popitem(last=False)
+        with self._lock:
+            self._memory[key] = value
+            self._memory.move_to_end(key)
+            while len(self._memory) > self.max_items:
+                self._memory.popitem(last=False)
 
     def _path(self, key: str) -> Path | None:
         return None if self.cache_dir is None else self.cache_dir / key[:2] / f"{key}.pt"
+
+
+_SHARED: EmbeddingCache | None = None
+
+
+def shared_embedding_cache(max_items: int = 32) -> EmbeddingCache | None:
+    """The process's one in-memory cache (``None`` when ``max_items`` is 0).
+
+    A MONAI Label server builds one network per model from the same task: its auto-segmentation model
+    and its interactive model (:mod:`bundle.interactive`) share this cache, so the first click on an
+    image the task has already segmented costs a decoder pass. Keys hold the encoder's weight digest,
+    so networks with other encoders never read each other's entries.
+    """
+    global _SHARED
+    if max_items <= 0:
+        return None
+    if _SHARED is None:
+        _SHARED = EmbeddingCache(max_items=max_items)
+    _SHARED.max_items = max(_SHARED.max_items, int(max_items))
+    return _SHARED

@@ -1,0 +1,190 @@
+"""Interactive correction: the task's fine-tuned network, its learnt prompt plus a user's box or clicks.
+
+MONAI Label (3D Slicer's "SmartEdit / Deepgrow" section) sends a request with ``foreground`` and
+``background`` clicks (``[[i, j, k], ...]``), a box ``roi`` (``[i0, i1, j0, j1, k0, k1]``) and, for a
+model declared 2D, the ``slice`` the user works on, all as voxel indices of the image file as MONAI's
+readers return it. :class:`UserPromptd` stores them in the image's meta (MONAI Label's bundle task
+calls the config's ``inferer`` with the image tensor alone), and :class:`PromptedInferer` maps them onto
+the model input and decodes with the learnt prompt's tokens followed by SAM's point and box tokens.
+
+- A 2D image goes through the usual data path (``configs/inference.json``): the prediction is mapped
+  back by ``Invertd``.
+- A volume is read as in ``configs/volumes.json``; only the prompted slice is segmented (the slice
+  geometry of :class:`bundle.inferers.SliceWiseInferer`), the other slices are background, and Slicer,
+  told the model is 2D, takes that one slice into the segment.
+
+The output is two channels, background and the prompted class (the request's ``label`` when it names a
+class, else the first class), so the mask is binary, as MONAI Label's deepgrow models return. An image
+already seen costs a decoder pass: the network's embedding cache is shared with the auto-segmentation
+model in the same process (:func:`bundle.networks.shared_embedding_cache`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.inferers import Inferer
+from monai.transforms import MapTransform
+from torch import Tensor
+
+from bundle.errors import BundleInputError
+from bundle.inferers import fit_longest_side
+
+PROMPT_KEY = "user_prompt"  # image meta: N x 4 rows (i, j, k, kind) in the file's voxel indices
+SLICE_KEY = "user_prompt_slice"  # image meta: the slice of a volume the prompt is on (-1: not given)
+CLASS_KEY = "user_prompt_class"  # image meta: the prompted class, 1-based
+# kinds: SAM's point labels (1 foreground, 0 background) and the box's two corners
+BACKGROUND, FOREGROUND, BOX_MIN, BOX_MAX = 0, 1, 2, 3
+NOT_PROMPTED = -1e4  # logit of the slices of a volume that are not segmented
+
+
+def _name(data: Mapping, key: str) -> str:
+    image = data.get(key)
+    meta = getattr(image, "meta", {}) or {}
+    return str(meta.get("filename_or_obj", data.get("image_path", "the image")))
+
+
+class UserPromptd(MapTransform):
+    """Store a request's clicks and box in the image's meta, checked against the image's size.
+
+    Args:
+        keys: the image key (channel first, as read: 2D ``C x I x J`` or 3D ``C x I x J x K``).
+        class_names: the task's classes; a request's ``label`` naming one of them is the prompted class.
+    """
+
+    def __init__(self, keys: KeysCollection, class_names: Sequence[str] = ()) -> None:
+        super().__init__(keys)
+        self.class_names = [str(c).lower() for c in class_names]
+
+    def __call__(self, data: Mapping[Hashable, Tensor]) -> dict[Hashable, Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = d[key]
+            if not isinstance(image, MetaTensor):
+                raise TypeError(f"UserPromptd: {key} must be a MetaTensor, got {type(image).__name__}")
+            shape = [int(s) for s in np.asarray(image.meta.get("spatial_shape", image.shape[1:])).reshape(-1)]
+            rows = self._rows(d, shape, _name(d, key))
+            slice_index = d.get("slice")
+            image.meta[PROMPT_KEY] = torch.tensor(rows, dtype=torch.float32).reshape(-1, 4)
+            image.meta[SLICE_KEY] = -1 if slice_index is None else int(slice_index)
+            label = str(d.get("label", "")).lower()
+            image.meta[CLASS_KEY] = self.class_names.index(label) + 1 if label in self.class_names else 1
+        return d
+
+    @staticmethod
+    def _rows(d: Mapping, shape: list[int], name: str) -> list[list[float]]:
+        rows = []
+        for kind, key in ((FOREGROUND, "foreground"), (BACKGROUND, "background")):
+            for point in d.get(key) or []:
+                if not isinstance(point, (list, tuple)) or len(point) not in (2, 3):
+                    raise BundleInputError(f"{name}: {key} point {point!r} is not [i, j] or [i, j, k]")
+                rows.append([*map(float, point), 0.0][:3] + [float(kind)])
+        roi = d.get("roi") or []
+        if roi:
+            if len(roi) not in (4, 6):
+                raise BundleInputError(f"{name}: roi {roi!r} is not [i0, i1, j0, j1] or [i0, i1, j0, j1, k0, k1]")
+            pairs = [sorted(map(float, roi[a : a + 2])) for a in range(0, len(roi), 2)] + [[0.0, 0.0]]
+            rows.append([pairs[0][0], pairs[1][0], pairs[2][0], float(BOX_MIN)])
+            rows.append([pairs[0][1], pairs[1][1], pairs[2][1], float(BOX_MAX)])
+        for row in rows:
+            outside = [a for a in range(min(2, len(shape))) if not 0 <= row[a] <= shape[a] - 1]
+            if outside:
+                raise BundleInputError(
+                    f"{name}: prompt point {[int(v) for v in row[:3]]} lies outside the image of size "
+                    f"{' x '.join(map(str, shape))}"
+                )
+        return rows
+
+
+def _prompt(inputs: Tensor) -> tuple[Tensor, int, int, list[int]]:
+    meta = inputs.meta if isinstance(inputs, MetaTensor) else {}
+    rows = torch.as_tensor(meta.get(PROMPT_KEY, torch.zeros(0, 4)), dtype=torch.float32).reshape(-1, 4)
+    slice_index = int(np.asarray(meta.get(SLICE_KEY, -1)).reshape(-1)[0])
+    target = int(np.asarray(meta.get(CLASS_KEY, 1)).reshape(-1)[0])
+    shape = [int(s) for s in np.asarray(meta.get("spatial_shape", inputs.shape[2:])).reshape(-1)]
+    return rows, slice_index, target, shape
+
+
+def sam_prompt(rows: Tensor, scale: float, rows_first: bool) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """SAM's ``(point coords 1 x N x 2, point labels 1 x N, box 1 x 4)`` on the model input from prompt
+    rows in file indices (:data:`PROMPT_KEY`), resized by ``scale``; ``rows_first``: the file's first
+    axis is the model input's rows (y), else its columns (x, what an upright 2D image has)."""
+    xy = rows[:, [1, 0]] if rows_first else rows[:, [0, 1]]
+    kinds = rows[:, 3]
+    clicks = kinds <= FOREGROUND
+    points = labels = box = None
+    if bool(clicks.any()):
+        points = ((xy[clicks] + 0.5) * scale - 0.5).unsqueeze(0)  # pixel centres map onto pixel centres
+        labels = kinds[clicks].unsqueeze(0)
+    corners = [xy[kinds == k] for k in (BOX_MIN, BOX_MAX)]
+    if all(len(c) for c in corners):  # inclusive pixel bounds: the box's outer edges, resized
+        box = torch.cat([corners[0][-1] * scale, (corners[1][-1] + 1) * scale - 1]).unsqueeze(0)
+    return points, labels, box
+
+
+class PromptedInferer(Inferer):
+    """Logits ``B x 2 x ...`` (background, the prompted class) from the network's learnt prompt plus the
+    user's clicks and box stored by :class:`UserPromptd` (none: the learnt prompt alone, as auto-segmentation).
+
+    Args:
+        input_size: the network's square input side.
+        upright: the 2D data path made images rows first (``configs/inference.json``'s ``upright``).
+    """
+
+    def __init__(self, input_size: int, upright: bool = True) -> None:
+        super().__init__()
+        self.input_size = int(input_size)
+        self.upright = bool(upright)
+
+    def __call__(self, inputs: Tensor, network: Callable[..., Tensor], *args, **kwargs) -> Tensor:
+        net = getattr(network, "module", network)  # DataParallel / DDP
+        rows, slice_index, target, shape = _prompt(inputs)
+        plain = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
+        if plain.ndim == 5:
+            logits = self._volume(net, plain, rows, slice_index, target)
+        else:  # a preprocessed 2D image: resized on its longest side from the file's shape, then padded
+            scale = self.input_size / max(shape[:2])
+            logits = self._decode(net, plain, rows, scale, rows_first=not self.upright, target=target)
+        if isinstance(inputs, MetaTensor):  # Invertd and the writer read the input's meta
+            return MetaTensor(logits).copy_meta_from(inputs, copy_attr=False)
+        return logits
+
+    def _decode(self, net, images: Tensor, rows: Tensor, scale: float, rows_first: bool, target: int) -> Tensor:
+        embeddings = net.encode(images)
+        sparse, dense = net.learnt_prompt(images.shape[0], embeddings.dtype)
+        points, labels, box = sam_prompt(rows.to(embeddings.device), scale, rows_first)
+        if points is not None or box is not None:
+            user, _ = net.prompt_encoder(
+                points=None if points is None else (points.to(embeddings.dtype), labels.to(embeddings.dtype)),
+                boxes=None if box is None else box.to(embeddings.dtype),
+                masks=None,
+            )
+            sparse = torch.cat([sparse, user.to(embeddings.dtype).expand(sparse.shape[0], -1, -1)], dim=1)
+        logits = net.decode(embeddings, sparse, dense)
+        if not 1 <= target < logits.shape[1]:
+            raise ValueError(f"prompted class {target} is not one of the network's {logits.shape[1] - 1} classes")
+        return logits[:, [0, target]]
+
+    def _volume(self, net, volume: Tensor, rows: Tensor, slice_index: int, target: int) -> Tensor:
+        batch, channels, height, width, depth = volume.shape
+        if slice_index < 0:  # no slice given: the last click's, else the box's first
+            slice_index = int(rows[-1, 2]) if len(rows) else depth // 2
+        if not 0 <= slice_index < depth:
+            raise BundleInputError(f"slice {slice_index} is outside the volume's {depth} slices")
+        on_slice = rows[(rows[:, 2] == slice_index) | (rows[:, 3] >= BOX_MIN)]
+        image = volume[..., slice_index]
+        if channels == 1:
+            image = image.expand(-1, 3, -1, -1)
+        x, (h, w) = fit_longest_side(image, self.input_size)
+        scale = self.input_size / max(height, width)
+        logits = self._decode(net, x, on_slice, scale, rows_first=True, target=target)[..., :h, :w]
+        logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+        out = logits.new_zeros((batch, 2, height, width, depth))
+        out[:, 1] = NOT_PROMPTED
+        out[..., slice_index] = logits
+        return out
