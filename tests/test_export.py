@@ -92,7 +92,9 @@ def test_export_writes_a_self_contained_task_bundle_with_matching_exports(tmp_pa
     assert len(masks) == 16 and set(np.unique(np.asarray(Image.open(masks[0])))) <= {0, 1}
     boxed = [np.asarray(Image.open(p)) for p in sorted((tmp_path / "boxed").glob("*.png"))]
     assert len(boxed) == 16 and set(np.unique(boxed[0])) <= {0, 1}
-    assert any((b != np.asarray(Image.open(m))).any() for b, m in zip(boxed, masks, strict=True))  # the box changed masks
+    assert any(
+        (b != np.asarray(Image.open(m))).any() for b, m in zip(boxed, masks, strict=True)
+    )  # the box changed masks
     interactive = json.loads((task / "configs" / "interactive.json").read_text())
     assert interactive["inferer"]["_target_"] == "bundle.interactive.PromptedInferer"
     assert interactive["class_names"] == ["polyp"] and interactive["backbone"] == "sam_tiny"

@@ -175,3 +175,18 @@ def test_the_interactive_metadata_is_2d_with_a_binary_output():
     assert fmt["inputs"]["image"]["spatial_shape"] == ["*", "*"]  # MONAI Label: dimension 2 (one slice)
     assert fmt["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "liver"}
     assert "interactive correction" in meta["task"]
+
+
+def test_monai_labels_copy_of_each_models_network_still_shares_the_embedding_cache():
+    """MONAI Label deep-copies a model's network before its first request: the copies of the task's auto
+    and interactive networks must keep the one process-wide cache (and a pickled cache gets a new lock)."""
+    import copy
+    import pickle
+
+    from bundle.networks import shared_embedding_cache
+
+    parser = _parser(["inference.json", "interactive.json"], Path("."))
+    auto, interactive = (copy.deepcopy(parser.get_parsed_content("network_def", lazy=False)) for _ in range(2))
+    assert auto.embedding_cache is interactive.embedding_cache is shared_embedding_cache()
+    restored = pickle.loads(pickle.dumps(auto.embedding_cache))
+    assert restored is not auto.embedding_cache and restored.max_items == auto.embedding_cache.max_items

@@ -82,6 +82,21 @@ class EmbeddingCache:
             return
         save_atomically(value.clone(), path)
 
+    def __deepcopy__(self, memo: dict) -> EmbeddingCache:
+        # A copy of a network shares its cache (keys hold the encoder's weight digest, so a copy whose
+        # encoder changes cannot read stale entries). MONAI Label deep-copies each model's network
+        # before its first request: a copied cache would no longer be shared between a task's models.
+        return self
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_lock")  # pickling (spawned workers): a lock cannot travel, each process makes its own
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def clear_memory(self) -> None:
         self._memory.clear()
 
