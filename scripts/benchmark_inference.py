@@ -24,15 +24,11 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,55 +127,40 @@ def run_cli(task: Path, studies: Path, out: Path, batch: int, t_launch: float) -
             "run_s": t_end - t_setup, "total_s": t_end - t_launch, "written": len(list(out.glob("*.png")))}  # fmt: skip
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _infer(base: str, model: str, image_id: str) -> float:
-    query = urllib.parse.urlencode({"image": image_id, "output": "image"})
-    body = urllib.parse.urlencode({"params": json.dumps({"result_extension": ".png"})}).encode()
+def _timed(server, model: str, image_id: str, params: dict | None = None) -> float:
     start = time.perf_counter()
-    with urllib.request.urlopen(urllib.request.Request(f"{base}/infer/{model}?{query}", data=body), timeout=600) as r:
-        r.read()
+    server.infer(model, image_id, ".png", params)
     return time.perf_counter() - start
 
 
+def _centre_box(image: Path) -> dict:
+    """A box over the middle half of an image and a click at its centre, as 3D Slicer sends them
+    (voxel indices: i column, j row, k slice)."""
+    from PIL import Image
+
+    w, h = Image.open(image).size
+    return {"roi": [w // 4, 3 * w // 4, h // 4, 3 * h // 4, 0, 0], "click": [[w // 2, h // 2, 0]]}
+
+
 def run_server(task: Path, studies: Path, work: Path, repeats: int) -> dict:
-    """MONAI Label through scripts/monailabel_app.sh: first request, warm new images, repeated images."""
-    port, base = _free_port(), None
-    args = ["bash", str(ROOT / "scripts" / "monailabel_app.sh"), str(task), str(studies), str(port), str(work / "ml")]
-    t_launch = time.time()
-    with open(work / "server.log", "w") as log:
-        server = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            base, deadline = f"http://127.0.0.1:{port}", time.time() + 600
-            while time.time() < deadline:
-                if server.poll() is not None:
-                    raise RuntimeError((work / "server.log").read_text()[-3000:])
-                try:
-                    with urllib.request.urlopen(f"{base}/info/", timeout=30) as r:
-                        if task.name in json.loads(r.read()).get("models", {}):
-                            break
-                except OSError:
-                    pass
-                time.sleep(1)
-            t_ready = time.time()
-            ids = sorted(p.stem for p in studies.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-            first = _infer(base, task.name, ids[0])
-            warm = [_infer(base, task.name, i) for i in ids[1:]]
-            seen = [_infer(base, task.name, i) for _ in range(repeats) for i in ids]
-        finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
-    return {"variant": "server", "startup_s": t_ready - t_launch, "first_s": first,
+    """MONAI Label through scripts/monailabel_app.sh: first request, warm new images, repeated images,
+    then a box and a click per image with the task's interactive model (images already seen)."""
+    from bundle.serving import monailabel_server
+
+    images = sorted(p for p in studies.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    ids = [p.stem for p in images]
+    edit = f"{task.name}_deepgrow"
+    with monailabel_server(task, studies, work / "server.log", work / "ml") as server:
+        first = _timed(server, task.name, ids[0])
+        warm = [_timed(server, task.name, i) for i in ids[1:]]
+        seen = [_timed(server, task.name, i) for _ in range(repeats) for i in ids]
+        prompts = {i: _centre_box(p) for i, p in zip(ids, images, strict=True)}
+        boxes = [_timed(server, edit, i, {"roi": prompts[i]["roi"]}) for _ in range(repeats) for i in ids]
+        clicks = [_timed(server, edit, i, {"foreground": prompts[i]["click"], "background": []})
+                  for _ in range(repeats) for i in ids]  # fmt: skip
+    return {"variant": "server", "startup_s": server.startup_s, "first_s": first,
             "warm_s": statistics.median(warm), "warm_all": warm, "seen_s": statistics.median(seen),
-            "n": len(ids)}  # fmt: skip
+            "box_s": statistics.median(boxes), "click_s": statistics.median(clicks), "n": len(ids)}  # fmt: skip
 
 
 def _child(args: argparse.Namespace, variant: str, **extra: str) -> dict:
@@ -217,8 +198,11 @@ def table(args: argparse.Namespace, rows: dict, load: tuple[float, float, float]
         "per image over the batches after the first (the first batch, with one-time warm-up, is in the second "
         "table). Server rows: the first request after start-up; the median of the requests on the other (new) "
         "images; the median of a second request on every image (an auto-segmentation again: the learnt prompt, "
-        "not a user's box). The seen-image row relies on the in-memory embedding cache that `configs/inference.json`"
-        " now keeps (`embedding_cache_items`, 32 embeddings of 4 MiB at most; 0 turns it off). Targets (issue 18): "
+        "not a user's box); then the task's interactive model (`<task>_deepgrow`) on every image, already seen "
+        "by the auto-segmentation model (the two share the process's embedding cache): a box over the image's "
+        "middle half, then one foreground click at its centre. The seen-image rows rely on the in-memory "
+        "embedding cache that `configs/inference.json` keeps (`embedding_cache_items`, 32 embeddings of 4 MiB "
+        "at most; 0 turns it off). Targets (issue 18): "
         "server auto-segmentation at most 1.5x the bare forward; a correction on a seen image under 0.3 s. "
         "Script: `scripts/benchmark_inference.py`."
     )
@@ -238,6 +222,13 @@ def table(args: argparse.Namespace, rows: dict, load: tuple[float, float, float]
             line("MONAI Label `POST /infer`, warm, new image", s["warm_s"], "HTTP, read, encode, decode, write"),
             line("MONAI Label `POST /infer`, image already seen", s["seen_s"], "embedding cache hit: decoder only"),
         ]
+        if "box_s" in s:
+            lines += [
+                line("MONAI Label `POST /infer/<task>_deepgrow`, box on a seen image", s["box_s"],
+                     "interactive correction: learnt prompt + the user's box, decoder only"),
+                line("MONAI Label `POST /infer/<task>_deepgrow`, click on a seen image", s["click_s"],
+                     "interactive correction: learnt prompt + one foreground click, decoder only"),
+            ]  # fmt: skip
     lines += ["", "Fixed costs of one command-line run (seconds, not per image):", "",
               "| batch | python start | imports | config + network | checkpoint load | first batch | whole run |",
               "|---|---|---|---|---|---|---|"]  # fmt: skip

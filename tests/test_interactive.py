@@ -42,7 +42,7 @@ class BoxPainter(torch.nn.Module):
         return torch.zeros(1, 3, 2), None
 
     def decode(self, embeddings, sparse, dense):
-        assert sparse.shape[1] == 4  # the learnt token first, then the user's
+        self.tokens = sparse.shape[1]  # the learnt token (1) unless a box replaced it, then the user's (3)
         logits = torch.full((embeddings.shape[0], 2, self.size, self.size), -10.0)
         logits[:, 0] = 0.0
         x0, y0, x1, y1 = (int(round(float(v))) for v in self.box[0])
@@ -190,3 +190,17 @@ def test_monai_labels_copy_of_each_models_network_still_shares_the_embedding_cac
     assert auto.embedding_cache is interactive.embedding_cache is shared_embedding_cache()
     restored = pickle.loads(pickle.dumps(auto.embedding_cache))
     assert restored is not auto.embedding_cache and restored.max_items == auto.embedding_cache.max_items
+
+
+@pytest.mark.parametrize("mode, tokens", [("replace", 3), ("add", 4)])
+def test_a_box_replaces_or_follows_the_learnt_tokens_and_bounds_the_object(tiny_net, mode, tokens):
+    painter = BoxPainter(tiny_net.input_size)
+    image = torch.rand(1, 3, tiny_net.input_size, tiny_net.input_size)
+    box = [[10, 20, 0, 2], [40, 60, 0, 3]]  # i (column) 10..40, j (row) 20..60
+    with torch.no_grad():
+        PromptedInferer(tiny_net.input_size, box=mode)(_with_prompt(image, box), painter)
+        clipped = PromptedInferer(tiny_net.input_size, box=mode)(_with_prompt(image, box), tiny_net)
+    assert painter.tokens == tokens  # the learnt token, dropped or kept, then SAM's two box corners (+ pad point)
+    outside = torch.ones(clipped.shape[-2:], dtype=torch.bool)
+    outside[20:61, 10:41] = False
+    assert (clipped[0, 1][outside] == -1e4).all() and (clipped[0, 1][~outside] > -1e4).all()

@@ -27,8 +27,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -41,6 +39,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bundle.serving import Server, monailabel_server
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "bundle" / "sample_data" / "jsrt"
 MONAILABEL_PYTHON = Path(os.environ.get("MONAILABEL_PYTHON", ROOT / ".monailabel-venv" / "bin" / "python"))
@@ -52,12 +52,6 @@ def _run(*args: str) -> None:
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str) -> dict:
@@ -73,45 +67,17 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 def _serving(
     task: Path, studies: Path, log_file: Path, work: Path | None = None, env: dict | None = None
 ) -> Iterator[tuple[str, dict]]:
-    """Serve ``task`` from MONAI Label over ``studies`` (through ``scripts/monailabel_app.sh``, work folder
-    ``work`` or the script's temporary one); yield the base URL and ``GET /info/`` once the model is
-    listed. Always stops the server (its whole process group)."""
-    port = _free_port()
-    args = ["bash", str(ROOT / "scripts" / "monailabel_app.sh"), str(task), str(studies), str(port)]
-    with open(log_file, "w") as log:
-        server = subprocess.Popen(args + ([str(work)] if work else []), stdout=log, stderr=subprocess.STDOUT,
-                                  start_new_session=True, env=dict(os.environ, MONAILABEL_PYTHON=str(MONAILABEL_PYTHON), **(env or {})))  # fmt: skip
-        try:
-            base = f"http://127.0.0.1:{port}"
-            info, deadline = None, time.time() + 600
-            while time.time() < deadline:
-                assert server.poll() is None, log_file.read_text()[-4000:]
-                try:
-                    info = _get(f"{base}/info/")
-                    if task.name in info.get("models", {}):
-                        break
-                except OSError:
-                    pass
-                time.sleep(2)
-            assert info and task.name in info["models"], log_file.read_text()[-4000:]
-            yield base, info
-        finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
+    """Serve ``task`` from MONAI Label over ``studies`` (``bundle.serving.monailabel_server``: work folder
+    ``work`` or the script's temporary one); yield the base URL and ``GET /info/`` once the task's models
+    are listed. Always stops the server (its whole process group)."""
+    with monailabel_server(task, studies, log_file, work, env, python=MONAILABEL_PYTHON) as server:
+        yield server.base, server.info
 
 
 def _infer(base: str, model: str, image_id: str, extension: str, params: dict | None = None) -> tuple[bytes, str]:
     """``POST /infer/<model>?image=<id>&output=image`` (with request ``params``, e.g. a box): the mask
     file's bytes and content type."""
-    query = urllib.parse.urlencode({"image": image_id, "output": "image"})
-    body = urllib.parse.urlencode({"params": json.dumps({"result_extension": extension, **(params or {})})}).encode()
-    request = urllib.request.Request(f"{base}/infer/{model}?{query}", data=body)
-    with urllib.request.urlopen(request, timeout=600) as r:
-        return r.read(), r.headers.get("content-type")
+    return Server(base, {}, 0.0).infer(model, image_id, extension, params)
 
 
 def _server_infer(
