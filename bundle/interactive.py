@@ -132,11 +132,12 @@ class PromptedInferer(Inferer):
     """Logits ``B x 2 x ...`` (background, the prompted class) from the network's learnt prompt plus the
     user's clicks and box stored by :class:`UserPromptd` (none: the learnt prompt alone, as auto-segmentation).
 
-    How a box meets the learnt prompt was chosen by measurement (``docs/monailabel.md``, section 9: the worst
-    test cases of trained JSRT and Kvasir-SEG tasks). The learnt sparse tokens start as a whole-image box, and
-    a user's box added after them barely moved the decoder (Kvasir-SEG: Dice 0.12 -> 0.31), while the user's
-    box in their place, with the learnt dense prompt kept, gave 0.95; a box also says the object lies inside
-    it, so the class is cleared outside the box. Clicks are added after the learnt tokens.
+    How a box meets the learnt prompt was chosen by measurement (``scripts/interactive_correction.py``, on the
+    worst test cases of trained JSRT and Kvasir-SEG tasks; ``docs/monailabel.md``, section 6b). The learnt
+    sparse tokens start as a whole-image box, and a user's box added after them barely moved the decoder
+    (Kvasir-SEG: Dice 0.12 -> 0.32), while the user's box in their place, with the learnt dense prompt kept,
+    gave 0.95; a box also says the object lies inside it, so the class is cleared outside the box. Clicks
+    are added after the learnt tokens.
 
     Args:
         input_size: the network's square input side.
