@@ -3,16 +3,18 @@
 Each run is the bundle's own training and evaluation command, in its own folder under ``--out``
 (config, logs, checkpoint, per-case Dice and HD95 at original resolution). Finished runs are
 skipped and interrupted ones resume, so the same command continues a grid. The report (table
-with the paper's numbers, paired Wilcoxon tests, figures) is rewritten from whatever has finished.
+with the paper's numbers, tests paired by seed, figures) is rewritten from whatever has finished.
 
     python scripts/fewshot_experiment.py --data_root ../shared/data            # the full grid
     python scripts/fewshot_experiment.py --data_root ../shared/data --datasets jsrt --shots 2 \\
-        --seeds 0 --methods blo-sam no-prompt --iterations 60 --max_test_cases 20   # a smoke run
+        --seeds 0 --methods blo-sam no-prompt --iterations 60 --max_test_cases 20 \\
+        --set augmentation_bank=2                                                     # a smoke run
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -95,6 +97,20 @@ def write_report(runs, settings: GridSettings, report: Path, iterations: int) ->
     return text
 
 
+def _overrides(parser: argparse.ArgumentParser, items: list[str]) -> dict:
+    """``KEY=VALUE`` items as config overrides, each value parsed as JSON (a bare word stays a string)."""
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--set {item!r}: expected KEY=VALUE, e.g. augmentation_bank=2")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_root", default="../shared/data", help="folder with jsrt/ and kvasir-seg/")
@@ -106,7 +122,11 @@ def main() -> None:
     parser.add_argument("--max_test_cases", type=int, help="evaluate on the first n test cases only")
     parser.add_argument("--out", default="runs/fewshot", help="one folder per run below this")
     parser.add_argument("--cache_dir", help="embedding cache shared by all runs (default: <out>/embeddings)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="config overrides for every run, the value as JSON (e.g. augmentation_bank=2 for a "
+                        "smoke run); recorded in each run's config.json")  # fmt: skip
     parser.add_argument("--report", default="docs/results/fewshot.md")
+    parser.add_argument("--no_report", action="store_true", help="run the grid only; leave the report as it is")
     parser.add_argument("--report_only", action="store_true", help="rewrite the report from finished runs")
     parser.add_argument("--keep_going", action="store_true", help="go on after a failed run")
     args = parser.parse_args()
@@ -117,11 +137,12 @@ def main() -> None:
     if missing and not args.report_only:
         parser.error(f"data set folder(s) not found: {missing} (set --data_root)")
     settings = GridSettings(root, dirs, args.iterations, args.cache_dir or str(root / "embeddings"),
-                            args.max_test_cases)  # fmt: skip
+                            args.max_test_cases, _overrides(parser, args.set))  # fmt: skip
     shots = {name: args.shots for name in args.datasets} if args.shots else None
     runs = plan_grid(args.datasets, args.seeds, args.methods, shots)
     failures = [] if args.report_only else run_grid(runs, settings, keep_going=args.keep_going)
-    print(write_report(runs, settings, Path(args.report), args.iterations))
+    if not args.no_report:
+        print(write_report(runs, settings, Path(args.report), args.iterations))
     for run, err in failures:
         print(f"FAILED {run.label}: {err.splitlines()[0]}")
     sys.exit(1 if failures else 0)

@@ -2,8 +2,9 @@
 
 The statistics follow the paper's protocol: a run's score is its mean over the test cases
 (measured at each image's original resolution); a grid cell reports the mean ± standard deviation
-of the run scores over the seeded samplings. Two methods are compared with a Wilcoxon signed-rank
-test over the same (seed, test case) pairs.
+of the run scores over the seeded samplings. Two methods are compared per seed (:func:`paired_test`): a
+paired t-test over the per-seed mean differences, or, with one seed, a Wilcoxon signed-rank test over
+that seed's test cases.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import wilcoxon
+from scipy.stats import ttest_1samp, wilcoxon
 
 from bundle.experiments.grid import DATASETS, METHODS, Run
 
@@ -71,32 +72,59 @@ def _nanmean(values: list[float]) -> float:
     return float(np.mean(finite)) if finite else math.nan
 
 
-def paired_test(a: list[RunResult], b: list[RunResult]) -> tuple[float, float, int] | None:
-    """Wilcoxon signed-rank test of Dice(a) - Dice(b) over shared (seed, case) pairs.
+@dataclass
+class PairedTest:
+    """``a`` - ``b`` in Dice: the mean difference, its two-sided p-value, and what was paired."""
 
-    Unseeded results (one run) pair with every seed of the other side. Returns the median
-    difference, the two-sided p-value and the number of pairs, or ``None`` without pairs.
+    difference: float
+    p_value: float
+    pairs: int
+    unit: str  # "seeds": per-seed means, paired t-test; "cases": one seed's cases, Wilcoxon signed-rank
+
+    def __iter__(self):  # (difference, p, pairs), as before the unit was recorded
+        return iter((self.difference, self.p_value, self.pairs))
+
+    def __getitem__(self, index: int):
+        return tuple(self)[index]
+
+
+def paired_test(a: list[RunResult], b: list[RunResult]) -> PairedTest | None:
+    """Dice(a) - Dice(b), paired by seed: a seed is one sampling of the k labelled images, so the cases of
+    one seed are not independent replicates of the comparison, and pooling (seed, case) pairs would
+    overstate the evidence.
+
+    - Two or more shared seeds: the per-seed mean differences (each over that seed's shared test cases),
+      a paired t-test over seeds.
+    - One shared seed: the per-case differences of that seed, a Wilcoxon signed-rank test; it speaks for
+      that one sampling of labelled images only.
+
+    Unseeded results (one run, e.g. ``zero-shot``) pair with every seed of the other side. Returns
+    ``None`` without pairs.
     """
 
-    def table(results: list[RunResult]) -> dict:
-        return {(r.run.seed, case): d for r in results for case, d in r.dice.items()}
+    def by_seed(results: list[RunResult]) -> dict:
+        return {r.run.seed: r.dice for r in results}
 
-    def spread(unseeded: list[RunResult], seeded: dict) -> dict:
-        by_case = {case: d for r in unseeded for case, d in r.dice.items()}
-        return {(seed, case): by_case[case] for seed, case in seeded if case in by_case}
-
-    ta, tb = table(a), table(b)
-    if all(r.run.seed is None for r in b):
-        tb = spread(b, ta)
-    elif all(r.run.seed is None for r in a):
-        ta = spread(a, tb)
-    keys = sorted(set(ta) & set(tb))
-    if not keys:
+    ta, tb = by_seed(a), by_seed(b)
+    if all(r.run.seed is None for r in b) and tb:
+        tb = {seed: tb[None] for seed in ta}
+    elif all(r.run.seed is None for r in a) and ta:
+        ta = {seed: ta[None] for seed in tb}
+    seeds = sorted(set(ta) & set(tb), key=str)
+    per_seed = []
+    for seed in seeds:
+        cases = sorted(set(ta[seed]) & set(tb[seed]))
+        if cases:
+            per_seed.append(np.array([ta[seed][c] - tb[seed][c] for c in cases]))
+    if not per_seed:
         return None
-    diff = np.array([ta[k] - tb[k] for k in keys])
-    if np.allclose(diff, 0):
-        return 0.0, 1.0, len(keys)
-    return float(np.median(diff)), float(wilcoxon(diff).pvalue), len(keys)
+    if len(per_seed) == 1:
+        diff = per_seed[0]
+        p = 1.0 if np.allclose(diff, 0) else float(wilcoxon(diff).pvalue)
+        return PairedTest(float(np.mean(diff)), p, len(diff), "cases")
+    means = np.array([d.mean() for d in per_seed])
+    p = 1.0 if np.allclose(means, means[0]) and np.isclose(means[0], 0) else float(ttest_1samp(means, 0.0).pvalue)
+    return PairedTest(float(means.mean()), 1.0 if math.isnan(p) else p, len(means), "seeds")
 
 
 def recorded_protocol(results: list[RunResult], root: Path) -> str:
@@ -139,7 +167,7 @@ def summary_table(results: list[RunResult], reference: str = "blo-sam") -> str:
     of ``reference`` against each other method."""
     lines = [
         "| data set | shots | method | seeds | Dice % (mean ± std over seeds) | HD95 px | empty predictions "
-        f"| paper BLO-SAM / SAMed | {reference} − method: median Δ Dice, Wilcoxon p (pairs) |",
+        f"| paper BLO-SAM / SAMed | {reference} − method: mean Δ Dice, p (paired by seed; one seed: by case) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, data in DATASETS.items():
@@ -161,7 +189,8 @@ def summary_table(results: list[RunResult], reference: str = "blo-sam") -> str:
                     ref = _cell(results, name, k, reference)
                     stat = paired_test(ref, cell) if ref else None
                     if stat:
-                        test = f"{stat[0] * 100:+.1f}, p = {stat[1]:.2g} ({stat[2]})"
+                        how = "t over seeds" if stat.unit == "seeds" else "Wilcoxon over cases"
+                        test = f"{stat.difference * 100:+.1f}, p = {stat.p_value:.2g} ({stat.pairs} {stat.unit}, {how})"
                 seeds = "-" if not METHODS[method].seeded else str(len(cell))
                 lines.append(f"| {name} | {k} | {method} | {seeds} | {_mean_std(dice, scale=100)} | "
                              f"{_mean_std(hd)} | {empty}/{cases} | {paper} | {test} |")  # fmt: skip

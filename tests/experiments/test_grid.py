@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy.stats import wilcoxon
+from scipy.stats import ttest_1samp, wilcoxon
 
 from bundle.commands import merged_config
 from bundle.experiments import (
@@ -75,7 +75,7 @@ def _fake_run(root: Path, run: Run, dice: list[float], hd: list[float]) -> None:
     (folder / "done.json").write_text(json.dumps({"training_seconds": 10.0, "evaluating_seconds": 5.0}))
 
 
-def test_summary_reports_mean_and_std_over_seeds_and_a_paired_wilcoxon_test(tmp_path):
+def test_summary_reports_mean_and_std_over_seeds_and_a_test_paired_by_seed(tmp_path):
     rng = np.random.default_rng(0)
     base = rng.uniform(0.6, 0.9, size=12)
     runs = plan_grid(["jsrt"], [0, 1, 2], ["blo-sam", "joint", "no-prompt"], shots={"jsrt": [2]})
@@ -97,16 +97,22 @@ def test_summary_reports_mean_and_std_over_seeds_and_a_paired_wilcoxon_test(tmp_
     assert "| jsrt | 2 | no-prompt | - | 0.0 | - | 12/12 |" in table  # one run: no training data
 
     joint = [r for r in results if r.run.method == "joint"]
-    median, p, pairs = paired_test(blo, joint)
-    diffs = [
-        b.dice[c] - j.dice[c]
-        for b, j in zip(sorted(blo, key=lambda r: r.run.seed), sorted(joint, key=lambda r: r.run.seed), strict=True)
-        for c in b.dice
-    ]
-    assert pairs == 36 and median == pytest.approx(np.median(diffs)) and p == pytest.approx(wilcoxon(diffs).pvalue)
-    assert median > 0.03 and p < 1e-3
-    # the unseeded baseline is paired with every seed's cases
-    assert paired_test(blo, [r for r in results if r.run.method == "no-prompt"])[2] == 36
+    stat = paired_test(blo, joint)  # 3 seeds: a paired t-test over the per-seed mean differences
+    per_seed = [b.mean_dice - j.mean_dice
+                for b, j in zip(sorted(blo, key=lambda r: r.run.seed), sorted(joint, key=lambda r: r.run.seed),
+                                strict=True)]  # fmt: skip
+    assert stat.unit == "seeds" and stat.pairs == 3
+    assert stat.difference == pytest.approx(np.mean(per_seed)) and stat.p_value == pytest.approx(
+        ttest_1samp(per_seed, 0.0).pvalue
+    )
+    assert stat.difference > 0.03
+    assert "(3 seeds, t over seeds)" in table
+    # one seed: that seed's cases, Wilcoxon signed-rank
+    one = paired_test(blo[:1], joint[:1])
+    diffs = [blo[0].dice[c] - joint[0].dice[c] for c in blo[0].dice]
+    assert one.unit == "cases" and one.pairs == 12 and one.p_value == pytest.approx(wilcoxon(diffs).pvalue)
+    # the unseeded baseline is paired with every seed
+    assert paired_test(blo, [r for r in results if r.run.method == "no-prompt"]).pairs == 3
 
 
 def test_per_seed_table_has_a_row_per_seed_and_marks_the_best_method(tmp_path):
