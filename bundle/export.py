@@ -106,6 +106,9 @@ def measured_dice(eval_dir: str | Path) -> dict[str, float]:
         return {}
     with open(report) as f:
         values = [float(row["mean"]) for row in csv.DictReader(f)]
+    if values and max(values) < 0.01:
+        logger.warning(f"--eval_dir {eval_dir}: Dice below 0.01 on all {len(values)} cases: the model predicts "
+                       "(nearly) empty masks; train it longer before serving it")  # fmt: skip
     return {
         "test_mean_dice": round(float(np.mean(values)), 4),
         "test_std_dice": round(float(np.std(values)), 4),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -10,6 +11,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = ROOT / ".." / "shared" / "data"
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n 2: one core per worker, no oversubscription
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # the commands the tests start inherit it
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from bundle.handlers.checks import (
     check_writable,
     existing_checkpoint,
 )
+from bundle.handlers.empty import EmptyPredictionWarning
 from bundle.handlers.overlay import OverlaySaver, overlay_image
 from bundle.handlers.progress import IterationProgressBar
 from bundle.handlers.resume import ResumableTraining
@@ -21,6 +22,7 @@ __all__ = [
     "AtomicCheckpointSaver",
     "AtomicDiskSaver",
     "CheckedCheckpointLoader",
+    "EmptyPredictionWarning",
     "ResumableTraining",
     "save_atomically",
     "IterationProgressBar",
