@@ -204,3 +204,33 @@ def test_a_box_replaces_or_follows_the_learnt_tokens_and_bounds_the_object(tiny_
     outside = torch.ones(clipped.shape[-2:], dtype=torch.bool)
     outside[20:61, 10:41] = False
     assert (clipped[0, 1][outside] == -1e4).all() and (clipped[0, 1][~outside] > -1e4).all()
+
+
+def test_an_image_already_seen_is_not_read_again_and_its_mask_is_the_same(tmp_path, monkeypatch):
+    picture = np.zeros((200, 300, 3), np.uint8)
+    picture[20:60, 30:250] = 255
+    Image.fromarray(picture).save(tmp_path / "case.png")
+    parser = _parser(["inference.json", "interactive.json"], tmp_path)
+    cache = parser.get_parsed_content("preprocessing").transforms[0]
+    calls = []
+    reader = type(cache.transform.transforms[0])  # the image reader, first of the chain
+    monkeypatch.setattr(reader, "__call__", _counting(reader.__call__, calls))
+    net = BoxPainter(int(parser.get_parsed_content("input_size")))
+    masks = []
+    for roi in ([249, 30, 20, 59, 0, 0], [100, 200, 20, 59, 0, 0], [249, 30, 20, 59, 0, 0]):
+        _segment(parser, net, {"image": str(tmp_path / "case.png"), "roi": roi})
+        masks.append(np.asarray(Image.open(tmp_path / "out" / "case.png")))
+    assert len(calls) == 1  # read and resized once
+    np.testing.assert_array_equal(masks[2], masks[0])  # the cached copy inverts exactly as the first
+    assert masks[1][:, 100:201].any() and not masks[1][:, 205:].any()  # each request's own box
+    Image.fromarray(picture[::-1].copy()).save(tmp_path / "case.png")  # an edited file is read again
+    _segment(parser, net, {"image": str(tmp_path / "case.png"), "roi": [249, 30, 20, 59, 0, 0]})
+    assert len(calls) == 2
+
+
+def _counting(call, calls):
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return call(self, *args, **kwargs)
+
+    return counted

@@ -64,3 +64,20 @@ def test_metrics_take_one_hot_predictions_per_case():
     edges = TokenBorderEdgeMetric(grid=8)  # 64 px / 8 tokens: pitch 8
     edges(y_pred=onehot, y=onehot)
     assert 0.0 < edges.aggregate().item() <= 1.0
+
+
+def test_argmaxd_gives_monais_argmax_ties_included_and_keeps_the_meta():
+    import torch
+    from monai.data import MetaTensor
+    from monai.transforms import AsDiscreted
+
+    from bundle.postprocessing import Argmaxd
+
+    for shape in [(2, 40, 30), (4, 20, 20, 6)]:
+        scores = torch.randn(*shape)
+        scores[:, :3] = 0.0  # ties: the first class, as torch.argmax
+        x = MetaTensor(scores, meta={"filename_or_obj": "case.png"})
+        ours, monai = Argmaxd("pred")({"pred": x})["pred"], AsDiscreted("pred", argmax=True)({"pred": x})["pred"]
+        assert ours.dtype == monai.dtype and ours.shape == (1, *shape[1:])
+        torch.testing.assert_close(ours.as_tensor(), monai.as_tensor())
+        assert ours.meta["filename_or_obj"] == "case.png"
