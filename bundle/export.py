@@ -70,11 +70,14 @@ RUN_KEYS = frozenset(
 
 def task_keys() -> tuple[str, ...]:
     """The inference settings a training config sets for its task: the keys declared by both
-    ``configs/train.json`` and ``configs/inference.json``, less :data:`RUN_KEYS` (paths and devices
-    are not carried). Derived from the configs, so a new shared setting travels without a list to edit."""
+    ``configs/train.json`` and ``configs/inference.json`` (or ``configs/interactive.json``: how a box
+    meets the learnt prompt is the task's too), less :data:`RUN_KEYS` (paths and devices are not carried).
+    Derived from the configs, so a new shared setting travels without a list to edit."""
     configs = PROJECT / "configs"
-    train, inference = (json.loads((configs / name).read_text()) for name in ("train.json", "inference.json"))
-    return tuple(k for k in inference if k in train and k not in RUN_KEYS)
+    train, inference, interactive = (
+        json.loads((configs / name).read_text()) for name in ("train.json", "inference.json", "interactive.json")
+    )
+    return tuple(k for k in {**inference, **interactive} if k in train and k not in RUN_KEYS)
 
 
 @dataclass

@@ -147,14 +147,15 @@ class PromptedInferer(Inferer):
         input_size: the network's square input side.
         upright: the 2D data path made images rows first (``configs/inference.json``'s ``upright``).
         box: ``replace``: a user's box takes the place of the learnt sparse tokens (the learnt dense prompt
-            stays); ``add``: it follows them.
-        clip_to_box: no object outside a user's box.
+            stays); ``add``: it follows them; ``clip``: the learnt prompt alone, the box only clears the
+            class outside it (for a structure of several parts in one box, such as two lungs).
+        clip_to_box: no object outside a user's box (always so with ``clip``).
     """
 
     def __init__(self, input_size: int, upright: bool = True, box: str = "replace", clip_to_box: bool = True) -> None:
         super().__init__()
-        if box not in ("replace", "add"):
-            raise ValueError(f"interactive_box must be 'replace' or 'add', got {box!r}")
+        if box not in ("replace", "add", "clip"):
+            raise ValueError(f"interactive_box must be 'replace', 'add' or 'clip', got {box!r}")
         self.input_size = int(input_size)
         self.upright = bool(upright)
         self.box = box
@@ -177,10 +178,11 @@ class PromptedInferer(Inferer):
         embeddings = net.encode(images)
         sparse, dense = net.learnt_prompt(images.shape[0], embeddings.dtype)
         points, labels, box = sam_prompt(rows.to(embeddings.device), scale, rows_first)
-        if points is not None or box is not None:
+        box_tokens = None if self.box == "clip" else box  # "clip": the box only bounds the object
+        if points is not None or box_tokens is not None:
             user, _ = net.prompt_encoder(
                 points=None if points is None else (points.to(embeddings.dtype), labels.to(embeddings.dtype)),
-                boxes=None if box is None else box.to(embeddings.dtype),
+                boxes=None if box_tokens is None else box_tokens.to(embeddings.dtype),
                 masks=None,
             )
             if box is not None and self.box == "replace":
@@ -190,7 +192,7 @@ class PromptedInferer(Inferer):
         if not 1 <= target < logits.shape[1]:
             raise ValueError(f"prompted class {target} is not one of the network's {logits.shape[1] - 1} classes")
         logits = logits[:, [0, target]]
-        if box is not None and self.clip_to_box:  # the box's pixels, inclusive, on the model input
+        if box is not None and (self.clip_to_box or self.box == "clip"):  # the box's pixels, inclusive
             x0, y0 = (max(int(v), 0) for v in torch.floor(box[0, :2]).tolist())
             x1, y1 = (int(v) for v in torch.ceil(box[0, 2:]).tolist())
             inside = torch.zeros(logits.shape[-2:], dtype=torch.bool, device=logits.device)

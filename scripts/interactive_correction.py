@@ -8,6 +8,7 @@ at the original resolution:
 - ``auto``: the learnt prompt alone (what the task's auto-segmentation gives);
 - ``box, added``: SAM's box tokens after the learnt sparse tokens; ``box, replacing``: in their place
   (the learnt dense prompt kept); each with and without clearing the class outside the box;
+- ``box clearing outside only``: the learnt prompt alone, the class cleared outside the box;
 - ``click, added``: one foreground click after the learnt tokens.
 
     python scripts/interactive_correction.py --dataset kvasir --run runs/kvasir/4shot/seed0/blo-sam \\
@@ -35,8 +36,9 @@ VARIANTS = {  # name -> (prompt kind, PromptedInferer options)
     "box, added": ("box", {"box": "add", "clip_to_box": False}),
     "box, added, cleared outside": ("box", {"box": "add", "clip_to_box": True}),
     "box, replacing": ("box", {"box": "replace", "clip_to_box": False}),
-    "box, replacing, cleared outside (default)": ("box", {"box": "replace", "clip_to_box": True}),
-    "click, added (default)": ("click", {}),
+    "box, replacing, cleared outside": ("box", {"box": "replace", "clip_to_box": True}),
+    "box clearing outside only": ("box", {"box": "clip"}),
+    "click, added": ("click", {}),
 }
 
 

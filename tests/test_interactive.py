@@ -234,3 +234,23 @@ def _counting(call, calls):
         return call(self, *args, **kwargs)
 
     return counted
+
+
+def test_clip_keeps_the_learnt_prompts_answer_inside_the_box_and_clears_the_rest(tiny_net):
+    tiny_net.eval()
+    image = torch.rand(1, 3, tiny_net.input_size, tiny_net.input_size)
+    with torch.no_grad():
+        auto = PromptedInferer(tiny_net.input_size)(image, tiny_net)
+        prompted = _with_prompt(image, [[10, 20, 0, 2], [40, 60, 0, 3]])
+        clipped = PromptedInferer(tiny_net.input_size, box="clip")(prompted, tiny_net)
+    torch.testing.assert_close(clipped.as_tensor()[0, :, 20:61, 10:41], auto[0, :, 20:61, 10:41])
+    assert (clipped[0, 1, :20] == -1e4).all() and (clipped[0, 1, :, 41:] == -1e4).all()
+
+
+def test_presets_pick_how_a_box_meets_the_learnt_prompt():
+    from bundle.export import task_settings
+
+    configs = ROOT / "configs"
+    for preset, mode in (("jsrt", "clip"), ("dental", "clip"), ("kvasir", "replace")):
+        settings = task_settings([str(configs / "train.json"), str(configs / "datasets" / f"{preset}.json")])
+        assert settings["interactive_box"] == mode, preset

@@ -532,4 +532,6 @@ def test_monailabel_loop_untrained_task_four_labels_train_segment_the_rest_then_
           f"one foreground click {clicked[0]:.4f} ({click_seconds:.2f} s)")  # fmt: skip
     assert np.mean(trained) > np.mean(untrained) + 0.1
     assert abs(np.mean(trained) - np.mean(command_line)) < 0.03
-    assert corrected[0] > min(trained)
+    # lungs (interactive_box "clip": the box clears what lies outside it) never lose; a polyp box replaces
+    # the learnt tokens and must correct the worst study
+    assert corrected[0] >= min(trained) and (name != "polyps" or corrected[0] > min(trained) + 0.05)
