@@ -143,7 +143,8 @@ def training_config(config_files: list[str], overrides: dict | None = None) -> d
     - the labelled images: ``train#dataset#data`` plus ``validate#dataset#data`` (what MONAI Label's
       ``val_split`` holds back): with 2 to 8 labels each one is worth more in training than in a
       validation of one or two images, so the task trains on all of them with the final weights
-      (``val_size`` 0), split into D1 and D2 by :func:`bundle.data.split_halves`;
+      (``val_size`` 0), sorted by image path (MONAI Label's order is random) and split into D1 and D2
+      by :func:`bundle.data.split_halves`;
     - the iteration count ``train#trainer#max_epochs`` (one iteration per "epoch"; MONAI Label's
       ``max_epochs``), which ``iterations`` follows, so the learning-rate schedules and the resume
       fingerprint use the count MONAI Label asks for.
@@ -161,7 +162,9 @@ def training_config(config_files: list[str], overrides: dict | None = None) -> d
             "embedding_cache_dir": "$@bundle_root + '/.cache/embeddings'",
             "dataset_dir": "$@bundle_root + '/studies'",
             "datalist": "$bundle.data.studies_datalist(@dataset_dir)",
-            "labelled": "$list(@train#dataset#data) + list(@validate#dataset#data)",
+            # in one order whatever the caller's (MONAI Label's list puts its random val_split part last):
+            # the same labels give the same D1/D2 halves, so the server and the command line train alike
+            "labelled": "$sorted(list(@train#dataset#data) + list(@validate#dataset#data), key=lambda d: str(d['image']))",
             "split": "$bundle.data.FewShotSplit(*@train#halves)",
             "iterations": "@train#trainer#max_epochs",
             "val_size": 0,

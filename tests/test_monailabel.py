@@ -535,3 +535,25 @@ def test_monailabel_loop_untrained_task_four_labels_train_segment_the_rest_then_
     # lungs (interactive_box "clip": the box clears what lies outside it) never lose; a polyp box replaces
     # the learnt tokens and must correct the worst study
     assert corrected[0] >= min(trained) and (name != "polyps" or corrected[0] > min(trained) + 0.05)
+
+
+def test_the_halves_do_not_depend_on_the_order_monai_label_lists_the_labels_in(untrained_task, tmp_path):
+    """MONAI Label's list is in its own order, with a random val_split part last; the command line reads the
+    studies folder sorted: both must give the same D1 and D2, or the same labels train different models."""
+    from monai.bundle import ConfigParser
+
+    items = _studies(tmp_path / "studies", 6, {0: 1, 2: 255, 3: 1, 5: 255})
+
+    def halves(train: list[dict], val: list[dict]) -> list[list[str]]:
+        parser = ConfigParser()
+        parser.read_config(str(untrained_task / "configs" / "train.json"))
+        parser.update({"bundle_root": str(untrained_task), "dataset_dir": str(tmp_path / "studies")})
+        if train or val:
+            parser.update({"train#dataset#data": train, "validate#dataset#data": val})
+        return [[Path(i["image"]).name for i in half] for half in parser.get_parsed_content("train#halves")]
+
+    command_line = halves([], [])
+    assert [len(h) for h in command_line] == [2, 2]
+    for order in ([3, 0, 2], [2, 3, 0], [0, 3, 2]):  # MONAI Label: 3 train items in some order, 1 held out
+        held_out = next(i for i in range(4) if i not in order)
+        assert halves([items[i] for i in order], [items[held_out]]) == command_line
