@@ -160,7 +160,8 @@ def run_server(task: Path, studies: Path, work: Path, repeats: int) -> dict:
                   for _ in range(repeats) for i in ids]  # fmt: skip
     return {"variant": "server", "startup_s": server.startup_s, "first_s": first,
             "warm_s": statistics.median(warm), "warm_all": warm, "seen_s": statistics.median(seen),
-            "box_s": statistics.median(boxes), "click_s": statistics.median(clicks), "n": len(ids)}  # fmt: skip
+            "box_s": statistics.median(boxes), "click_s": statistics.median(clicks), "n": len(ids),
+            "box_mode": json.loads((task / "configs" / "interactive.json").read_text()).get("interactive_box")}  # fmt: skip
 
 
 def _child(args: argparse.Namespace, variant: str, **extra: str) -> dict:
@@ -225,7 +226,7 @@ def table(args: argparse.Namespace, rows: dict, load: tuple[float, float, float]
         if "box_s" in s:
             lines += [
                 line("MONAI Label `POST /infer/<task>_deepgrow`, box on a seen image", s["box_s"],
-                     "interactive correction: learnt prompt + the user's box, decoder only"),
+                     f"interactive correction (the preset's `interactive_box`: `{s.get('box_mode')}`), decoder only"),
                 line("MONAI Label `POST /infer/<task>_deepgrow`, click on a seen image", s["click_s"],
                      "interactive correction: learnt prompt + one foreground click, decoder only"),
             ]  # fmt: skip
