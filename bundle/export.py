@@ -147,7 +147,9 @@ def training_config(config_files: list[str], overrides: dict | None = None) -> d
       by :func:`bundle.data.split_halves`;
     - the iteration count ``train#trainer#max_epochs`` (one iteration per "epoch"; MONAI Label's
       ``max_epochs``), which ``iterations`` follows, so the learning-rate schedules and the resume
-      fingerprint use the count MONAI Label asks for.
+      fingerprint use the count MONAI Label asks for;
+    - ``run`` (MONAI Label's id, run without ``initialize`` and ``finalize``) holding both around the
+      training, so a MONAI Label run is seeded and checked as the command line's ``training`` is.
     """
     from monai.bundle import ConfigParser
 
@@ -181,6 +183,11 @@ def training_config(config_files: list[str], overrides: dict | None = None) -> d
         raise RuntimeError("configs/train.json: expected one check_training(...) of @train#dataset#data in initialize")
     config["initialize"] = [e.replace("@train#dataset#data", "@labelled") if e in checks else e
                             for e in config["initialize"]]  # fmt: skip
+    # MONAI Label's trainer runs the id "run" with neither "initialize" nor "finalize"
+    # (monai.bundle.run(run_id="run", init_id=None, final_id=None)): without them its runs were not seeded
+    # (set_determinism) and skipped the label checks, so the same labels trained another model than the
+    # command line (which runs "training" after "initialize"). The task's "run" holds all three.
+    config["run"] = [*config["initialize"], *config["run"], *config["finalize"]]
     return config
 
 
