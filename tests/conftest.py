@@ -40,3 +40,13 @@ def tiny_net():
 
     torch.manual_seed(0)
     return BLOSAM("sam_tiny", num_classes=1)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Real-data tests first: the longest (a smoke few-shot grid, minutes) then runs beside the rest in
+    the other worker (pytest -n 2) instead of alone at the end."""
+
+    def rank(item) -> int:
+        return 0 if item.path.name == "test_realdata.py" else 1 if item.get_closest_marker("realdata") else 2
+
+    items.sort(key=rank)
