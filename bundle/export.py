@@ -164,9 +164,12 @@ def training_config(config_files: list[str], overrides: dict | None = None) -> d
             "embedding_cache_dir": "$@bundle_root + '/.cache/embeddings'",
             "dataset_dir": "$@bundle_root + '/studies'",
             "datalist": "$bundle.data.studies_datalist(@dataset_dir)",
-            # in one order whatever the caller's (MONAI Label's list puts its random val_split part last):
-            # the same labels give the same D1/D2 halves, so the server and the command line train alike
-            "labelled": "$sorted(list(@train#dataset#data) + list(@validate#dataset#data), key=lambda d: str(d['image']))",
+            # in one order whatever the caller's (MONAI Label's list puts its random val_split part last),
+            # and with the ids the studies folder gives (MONAI Label's items have none; the augmentation
+            # bank seeds each image's views from its id): the same labels give the same D1/D2 halves and
+            # the same views, so the server and the command line train the same model
+            "labelled": "$sorted([dict(d, id=d.get('id', bundle.data.folder.image_stem(os.path.basename(str(d['image'])))))"
+            " for d in list(@train#dataset#data) + list(@validate#dataset#data)], key=lambda d: str(d['image']))",
             "split": "$bundle.data.FewShotSplit(*@train#halves)",
             "iterations": "@train#trainer#max_epochs",
             "val_size": 0,

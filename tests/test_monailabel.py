@@ -566,7 +566,8 @@ def test_the_halves_do_not_depend_on_the_order_monai_label_lists_the_labels_in(u
 
 def test_monai_labels_runs_are_seeded_and_train_the_same_model_from_the_same_labels(untrained_task, tmp_path):
     """The same 4 labels, listed in two orders with another held-out image (MONAI Label's random val_split),
-    train bit-identical weights: the run is seeded and the halves do not depend on the order."""
+    and read by the command line from the studies folder, train bit-identical weights: the run is seeded,
+    and neither the halves nor the augmented views depend on the order or on the items' ids."""
     items = _studies(tmp_path / "studies", 6, {0: 1, 2: 255, 3: 1, 5: 255})
     weights = []
     for name, train, val in (("a", items[:3], items[3:]), ("b", [items[3], items[0], items[1]], [items[2]])):
@@ -575,4 +576,14 @@ def test_monai_labels_runs_are_seeded_and_train_the_same_model_from_the_same_lab
         proc = _as_monai_label(task, train, val, epochs=2)
         assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
         weights.append(torch_load(task / "models" / "model.pt"))
-    assert all(np.array_equal(weights[0][k].numpy(), weights[1][k].numpy()) for k in weights[0])
+    # ... and the command line on the studies folder (its items carry ids; MONAI Label's do not)
+    task = tmp_path / "cli" / "polyp"
+    shutil.copytree(untrained_task, task)
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.json",
+                           "--dataset_dir", str(tmp_path / "studies"), "--train#trainer#max_epochs", "2"], cwd=task,
+                          env=env, capture_output=True, text=True, check=False)  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    weights.append(torch_load(task / "models" / "model.pt"))
+    for other in weights[1:]:
+        assert all(np.array_equal(weights[0][k].numpy(), other[k].numpy()) for k in weights[0])
