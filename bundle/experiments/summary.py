@@ -81,12 +81,6 @@ class PairedTest:
     pairs: int
     unit: str  # "seeds": per-seed means, paired t-test; "cases": one seed's cases, Wilcoxon signed-rank
 
-    def __iter__(self):  # (difference, p, pairs), as before the unit was recorded
-        return iter((self.difference, self.p_value, self.pairs))
-
-    def __getitem__(self, index: int):
-        return tuple(self)[index]
-
 
 def paired_test(a: list[RunResult], b: list[RunResult]) -> PairedTest | None:
     """Dice(a) - Dice(b), paired by seed: a seed is one sampling of the k labelled images, so the cases of
