@@ -21,6 +21,8 @@ from monai.inferers import Inferer
 from torch import Tensor
 
 from bundle.errors import BundleInputError
+from bundle.networks.backbones import backbone_spec
+from bundle.transforms import sam_intensity
 
 # Bytes per voxel that volume inference needs beyond the output logits (4 bytes per class and voxel):
 # the label map, its int64 argmax and the clean-up's copies (measured by
@@ -107,32 +109,58 @@ def empty_if_constant(images: Tensor, logits: Tensor) -> Tensor:
 
 
 class SliceWiseInferer(Inferer):
-    """Run a 2D network on every slice of B x C x H x W x D volumes along the last axis.
+    """Run a 2D network on every slice of B x C x X x Y x Z volumes along one axis.
 
-    Constant slices are predicted empty (:func:`empty_if_constant`).
+    Each slice is taken as training took it (:class:`bundle.data.volumes.VolumeSlicer`: upright,
+    8-bit grey levels, optionally with its neighbours as channels), normalised per slice as the
+    backbone expects, resized and padded like a 2D image; its logits are mapped back onto the
+    volume's grid. Constant slices are predicted empty (:func:`empty_if_constant`).
 
     Args:
         input_size: the network's square input side.
         slices_per_batch: slices sent to the network at once.
         progress: show a progress bar over slices.
+        axis: the sliced axis (``axial`` = the last, ``coronal``, ``sagittal``, or 0..2).
+        context: 1 for 2.5D inputs (the neighbouring slices as channels).
+        backbone: normalise each slice as this backbone expects; ``None`` when the volume already is.
     """
 
-    def __init__(self, input_size: int, slices_per_batch: int = 8, progress: bool = False) -> None:
+    def __init__(
+        self,
+        input_size: int,
+        slices_per_batch: int = 8,
+        progress: bool = False,
+        axis: str | int = "axial",
+        context: int = 0,
+        backbone: str | None = None,
+    ) -> None:
         super().__init__()
+        from bundle.data.volumes import VolumeSlicer, slice_axis
+
         self.input_size = int(input_size)
         self.slices_per_batch = slices_per_batch
         self.progress = progress
+        self.slicer = VolumeSlicer(slice_axis(axis), int(context))
+        self.normalization = None if backbone is None else backbone_spec(backbone).normalization
+
+    def slice_input(self, volume: Tensor, index: int) -> Tensor:
+        """Slice ``index`` of one C x X x Y x Z volume as the network takes it: 3 x rows x columns."""
+        if self.normalization is None:
+            image = self.slicer.plane(volume[: 3 if self.slicer.context else 1], index).float()
+        else:
+            image = sam_intensity(self.slicer.image(volume, index), self.normalization)
+        return image.expand(3, -1, -1) if image.shape[0] == 1 else image
 
     def __call__(self, inputs: Tensor, network: Callable[..., Tensor], *args, **kwargs) -> Tensor:
         if inputs.ndim != 5:
             raise ValueError(f"SliceWiseInferer expects B x C x H x W x D volumes, got {tuple(inputs.shape)}.")
-        batch, channels, height, width, depth = inputs.shape
+        batch = inputs.shape[0]
         volume = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs  # slicing batched meta fails
         # Memory stays bounded by the output itself: slices are read from the volume one batch at a
         # time (no permuted copy of the whole volume) and their logits written into one preallocated
-        # B x K x H x W x D tensor (no list of chunks, no concatenated copy);
+        # B x K x X x Y x Z tensor (no list of chunks, no concatenated copy);
         # scripts/benchmark_volume_memory.py measures the peak per voxel.
-        index = [(b, d) for b in range(batch) for d in range(depth)]
+        index = [(b, d) for b in range(batch) for d in range(self.slicer.count(volume[0]))]
         chunks = range(0, len(index), self.slices_per_batch)
         if self.progress:
             from tqdm import tqdm
@@ -141,18 +169,17 @@ class SliceWiseInferer(Inferer):
         out: Tensor | None = None
         for start in chunks:
             part = index[start : start + self.slices_per_batch]
-            chunk = torch.stack([volume[b, ..., d] for b, d in part])  # N x C x H x W
-            if channels == 1:  # SAM encoders take 3 channels
-                chunk = chunk.expand(-1, 3, -1, -1)
+            chunk = torch.stack([self.slice_input(volume[b], d) for b, d in part])  # N x 3 x rows x columns
+            height, width = chunk.shape[-2:]
             x, (h, w) = fit_longest_side(chunk, self.input_size)
             logits = network(x, *args, **kwargs)[..., :h, :w]
             logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
             logits = empty_if_constant(chunk, logits)
             if out is None:
                 check_volume_memory(inputs, logits.shape[1])
-                out = logits.new_empty((batch, logits.shape[1], height, width, depth))
+                out = logits.new_empty((batch, logits.shape[1], *volume.shape[2:]))
             for (b, d), slice_logits in zip(part, logits, strict=True):
-                out[b, ..., d] = slice_logits
+                out[b].select(1 + self.slicer.axis, d).copy_(self.slicer.from_upright(slice_logits))
         assert out is not None  # depth >= 1
         if isinstance(inputs, MetaTensor):  # the prediction lies on the input's grid: same meta
             out = MetaTensor(out, meta=inputs.meta, applied_operations=inputs.applied_operations)

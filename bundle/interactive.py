@@ -38,7 +38,7 @@ from monai.transforms import Compose, InvertibleTransform, MapTransform
 from torch import Tensor
 
 from bundle.errors import BundleInputError
-from bundle.inferers import fit_longest_side
+from bundle.inferers import SliceWiseInferer, fit_longest_side
 
 PROMPT_KEY = "user_prompt"  # image meta: N x 4 rows (i, j, k, kind) in the file's voxel indices
 SLICE_KEY = "user_prompt_slice"  # image meta: the slice of a volume the prompt is on (-1: not given)
@@ -74,6 +74,9 @@ class UserPromptd(MapTransform):
                 raise TypeError(f"UserPromptd: {key} must be a MetaTensor, got {type(image).__name__}")
             shape = [int(s) for s in np.asarray(image.meta.get("spatial_shape", image.shape[1:])).reshape(-1)]
             rows = self._rows(d, shape, _name(d, key))
+            if image.ndim == 4:  # a volume: the file's voxel indices onto the reoriented array (volumes.json)
+                rows = _reoriented(rows, image)
+                shape = [int(s) for s in image.shape[1:]]
             slice_index = d.get("slice")
             image.meta[PROMPT_KEY] = torch.tensor(rows, dtype=torch.float32).reshape(-1, 4)
             image.meta[SLICE_KEY] = -1 if slice_index is None else int(slice_index)
@@ -104,6 +107,24 @@ class UserPromptd(MapTransform):
                     f"{' x '.join(map(str, shape))}"
                 )
         return rows
+
+
+def _reoriented(rows: list[list[float]], image: MetaTensor) -> list[list[float]]:
+    """Prompt rows in the file's voxel indices -> indices of the array after ``Orientationd``
+    (``inverse(affine) @ original_affine``; the identity when the file was already in that orientation)."""
+    original = image.meta.get("original_affine")
+    if original is None or not rows:
+        return rows
+    to_array = np.linalg.inv(np.asarray(image.affine, dtype=float)) @ np.asarray(original, dtype=float)
+    out = []
+    for row in rows:
+        ijk = to_array @ np.array([*row[:3], 1.0])
+        out.append([*(float(v) for v in np.rint(ijk[:3])), row[3]])
+    corners = [i for i, row in enumerate(out) if row[3] in (BOX_MIN, BOX_MAX)]
+    if len(corners) == 2:  # a flipped axis swaps the box's corners: min and max again
+        a, b = (np.array(out[i][:3]) for i in corners)
+        out[corners[0]][:3], out[corners[1]][:3] = np.minimum(a, b).tolist(), np.maximum(a, b).tolist()
+    return out
 
 
 def _prompt(inputs: Tensor) -> tuple[Tensor, int, int, list[int]]:
@@ -150,10 +171,21 @@ class PromptedInferer(Inferer):
             stays); ``add``: it follows them; ``clip``: the learnt prompt alone, the box only clears the
             class outside it (for a structure of several parts in one box, such as two lungs).
         clip_to_box: no object outside a user's box (always so with ``clip``).
+        backbone: the backbone whose normalisation a volume's slice gets (``configs/volumes.json``
+            leaves volumes at 0..255 and normalises per slice).
     """
 
-    def __init__(self, input_size: int, upright: bool = True, box: str = "replace", clip_to_box: bool = True) -> None:
+    def __init__(
+        self,
+        input_size: int,
+        upright: bool = True,
+        box: str = "replace",
+        clip_to_box: bool = True,
+        backbone: str | None = None,
+    ) -> None:
         super().__init__()
+        # a volume's prompted slice is taken and normalised as SliceWiseInferer takes every slice
+        self.slices = SliceWiseInferer(input_size, backbone=backbone)
         if box not in ("replace", "add", "clip"):
             raise ValueError(f"interactive_box must be 'replace', 'add' or 'clip', got {box!r}")
         self.input_size = int(input_size)
@@ -202,22 +234,23 @@ class PromptedInferer(Inferer):
         return logits
 
     def _volume(self, net, volume: Tensor, rows: Tensor, slice_index: int, target: int) -> Tensor:
-        batch, channels, height, width, depth = volume.shape
+        depth = volume.shape[-1]
         if slice_index < 0:  # no slice given: the last click's, else the box's first
             slice_index = int(rows[-1, 2]) if len(rows) else depth // 2
         if not 0 <= slice_index < depth:
             raise BundleInputError(f"slice {slice_index} is outside the volume's {depth} slices")
         on_slice = rows[(rows[:, 2] == slice_index) | (rows[:, 3] >= BOX_MIN)]
-        image = volume[..., slice_index]
-        if channels == 1:
-            image = image.expand(-1, 3, -1, -1)
+        # the axial plane upright (SliceWiseInferer): rows are the array's second axis, columns its first
+        image = torch.stack([self.slices.slice_input(v, slice_index) for v in volume])
+        height, width = image.shape[-2:]
         x, (h, w) = fit_longest_side(image, self.input_size)
         scale = self.input_size / max(height, width)
-        logits = self._decode(net, x, on_slice, scale, rows_first=True, target=target)[..., :h, :w]
+        logits = self._decode(net, x, on_slice, scale, rows_first=False, target=target)[..., :h, :w]
         logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
-        out = logits.new_zeros((batch, 2, height, width, depth))
+        out = logits.new_zeros((volume.shape[0], 2, *volume.shape[2:]))
         out[:, 1] = NOT_PROMPTED
-        out[..., slice_index] = logits
+        for b in range(volume.shape[0]):
+            out[b, ..., slice_index] = self.slices.slicer.from_upright(logits[b])
         return out
 
 

@@ -109,3 +109,72 @@ class Argmaxd(MapTransform):
                 indices = MetaTensor(indices, meta=scores.meta, applied_operations=scores.applied_operations)
             d[key] = indices
         return d
+
+
+class SizeConstraintd(MapTransform):
+    """Transductive size constraint (after FSEFT): keep each class's predicted volume within
+    ``margin`` of a prior volume taken from the k support volumes.
+
+    FSEFT adds a penalty on the predicted organ size to a test-time objective. With the network fixed,
+    the smallest change to the logits that moves a class's argmax volume into
+    ``[prior * (1 - margin), prior * (1 + margin)]`` is one offset ``b`` added to that class's logit:
+    a voxel is the class when its margin over the best other class exceeds ``-b``, so the offset that
+    gives exactly ``n`` voxels is read off the sorted margins (no search). Classes inside their
+    interval, and empty ones, are left alone; classes are adjusted one after the other.
+
+    Args:
+        keys: keys of K x spatial logits (background first), on a grid whose affine gives the spacing.
+        prior_ml: each foreground class's prior volume in mL, in class order; ``None`` disables.
+        margin: the allowed relative deviation from the prior.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        prior_ml: Mapping[str, float] | list[float] | None,
+        margin: float = 0.2,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        values = list(prior_ml.values()) if isinstance(prior_ml, Mapping) else prior_ml
+        self.prior = None if values is None else [float(v) for v in values]
+        if not 0.0 <= float(margin) < 1.0:
+            raise ValueError(f"size_margin is a fraction (0 <= margin < 1), got {margin}")
+        self.margin = float(margin)
+        self.adjusted: list[dict] = []  # what the last call changed, per class (for reports and tests)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if self.prior is None:
+            return d
+        for key in self.key_iterator(d):
+            d[key] = self.constrain(d[key])
+        return d
+
+    def constrain(self, logits: torch.Tensor) -> torch.Tensor:
+        """The logits with each class's offset applied."""
+        if logits.shape[0] - 1 != len(self.prior):
+            raise ValueError(f"size prior has {len(self.prior)} classes, the prediction {logits.shape[0] - 1}")
+        affine = np.asarray(logits.affine if isinstance(logits, MetaTensor) else np.eye(4), dtype=float)
+        voxel_ml = float(np.prod(np.linalg.norm(affine[:3, :3], axis=0))) / 1000.0
+        plain = (logits.as_tensor() if isinstance(logits, MetaTensor) else logits).float().clone()
+        flat = plain.reshape(plain.shape[0], -1)
+        self.adjusted = []
+        for c, prior in enumerate(self.prior, start=1):
+            others = torch.cat([flat[:c], flat[c + 1 :]]).max(dim=0).values
+            gap = flat[c] - others  # > 0: the voxel is class c
+            count = int((gap > 0).sum())
+            lo, hi = prior * (1 - self.margin) / voxel_ml, prior * (1 + self.margin) / voxel_ml
+            record = {"class": c, "before_ml": count * voxel_ml, "prior_ml": prior, "offset": 0.0}
+            if count and not lo <= count <= hi:
+                n = int(round(hi if count > hi else lo))
+                n = min(max(n, 1), gap.numel())
+                top = torch.topk(gap, min(n + 1, gap.numel())).values  # the n-th and (n+1)-th largest margins
+                offset = -float(top[n - 1] + top[n]) / 2 if n < gap.numel() else -float(top[n - 1]) + 1e-3
+                flat[c] += offset
+                record.update(offset=offset, after_ml=int((flat[c] - others > 0).sum()) * voxel_ml)
+            self.adjusted.append(record)
+        out = flat.reshape(plain.shape).to(logits.dtype)
+        if isinstance(logits, MetaTensor):
+            out = MetaTensor(out, meta=logits.meta, applied_operations=logits.applied_operations)
+        return out

@@ -33,7 +33,6 @@ from monai.transforms import (
     MapTransform,
     Resize,
     Resized,
-    ScaleIntensityRangePercentilesd,
     SpatialPadd,
     Transposed,
 )
@@ -170,20 +169,6 @@ def fit_transforms(input_size: int, with_label: bool = False) -> list[MapTransfo
             )
         ]
     return [Resized(keys=IMAGE, spatial_size=input_size, **IMAGE_RESIZE)]
-
-
-def volume_transforms(backbone: str, nonfinite: str = "min") -> list[MapTransform]:
-    """The data path of a volume up to the slice-wise inferer: read, channel first, non-finite voxels
-    replaced, percentile intensity scaling to 0..255, then the backbone's normalisation. Each slice
-    is resized and padded inside ``SliceWiseInferer`` with :func:`image_resize`, as 2D images are."""
-    return [
-        LoadAnyImaged(keys=IMAGE),
-        EnsureChannelFirstd(keys=IMAGE),
-        FiniteIntensityd(keys=IMAGE, policy=nonfinite),
-        ScaleIntensityRangePercentilesd(keys=IMAGE, lower=0.5, upper=99.5, b_min=0.0, b_max=255.0, clip=True),
-        SamIntensityd(keys=IMAGE, backbone=backbone),
-        EnsureTyped(keys=IMAGE),
-    ]
 
 
 def pad_transforms(input_size: int, with_label: bool = False) -> list[MapTransform]:

@@ -62,18 +62,22 @@ class SamIntensityd(MapTransform):
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
         for key in self.key_iterator(d):
-            img = d[key].float()
-            lo, hi = img.min(), img.max()
-            if self.mode == "minmax":
-                d[key] = (img - lo) / torch.clamp(hi - lo, min=1e-8)
-                continue
-            if lo < 0 or hi > 255:
-                img = (img - lo) / torch.clamp(hi - lo, min=1e-8) * 255.0
-            shape = (-1,) + (1,) * (img.ndim - 1)
-            mean = torch.tensor(SAM_PIXEL_MEAN[: img.shape[0]]).reshape(shape)
-            std = torch.tensor(SAM_PIXEL_STD[: img.shape[0]]).reshape(shape)
-            d[key] = (img - mean) / std
+            d[key] = sam_intensity(d[key], self.mode)
         return d
+
+
+def sam_intensity(image: torch.Tensor, mode: str) -> torch.Tensor:
+    """The normalisation of :class:`SamIntensityd` on one C x spatial image (``minmax`` or ``sam``)."""
+    img = image.float()
+    lo, hi = img.min(), img.max()
+    if mode == "minmax":
+        return (img - lo) / torch.clamp(hi - lo, min=1e-8)
+    if lo < 0 or hi > 255:
+        img = (img - lo) / torch.clamp(hi - lo, min=1e-8) * 255.0
+    shape = (-1,) + (1,) * (img.ndim - 1)
+    mean = torch.tensor(SAM_PIXEL_MEAN[: img.shape[0]]).reshape(shape)
+    std = torch.tensor(SAM_PIXEL_STD[: img.shape[0]]).reshape(shape)
+    return (img - mean) / std
 
 
 def _source(img: torch.Tensor) -> str:

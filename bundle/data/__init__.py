@@ -7,6 +7,7 @@ from bundle.data.masks import LoadMaskd
 from bundle.data.presets import dental_datalist, jsrt_datalist, kvasir_datalist
 from bundle.data.readers import JsrtRawReader, LoadAnyImaged, pil_converter, read_image
 from bundle.data.sampling import CyclicShuffleSampler
+from bundle.data.volumes import VolumeSlicing, decathlon_datalist
 
 __all__ = [
     "CyclicShuffleSampler",
@@ -14,6 +15,8 @@ __all__ = [
     "JsrtRawReader",
     "LoadAnyImaged",
     "LoadMaskd",
+    "VolumeSlicing",
+    "decathlon_datalist",
     "dental_datalist",
     "few_shot_split",
     "folder_datalist",

@@ -77,6 +77,7 @@ def few_shot_split(
     seed: int,
     val_size: int = 0,
     test: Sequence[dict] | None = None,
+    min_shots: int = 2,
 ) -> FewShotSplit:
     """Draw ``shots`` training items from the pool, split into D1 and D2, plus a validation set.
 
@@ -94,6 +95,8 @@ def few_shot_split(
         val_size: number of validation items (0 for none).
         test: a data set's own official test list (then ``test_size`` must be 0 and the whole
             ``datalist`` is the training pool), e.g. the dental data set's test folder.
+        min_shots: the fewest items allowed: 2 for images (one per level); 1 for volumes, whose
+            slices can feed both levels (:class:`bundle.data.volumes.VolumeSlicing`).
 
     Returns:
         The split; each subset sorted by id.
@@ -101,8 +104,9 @@ def few_shot_split(
     Raises:
         ValueError: ``shots < 2``, ``val_size < 0``, or ``shots + val_size`` larger than the pool.
     """
-    if shots < 2:
-        raise BundleInputError(f"--shots {shots}: bi-level training needs at least one image per level (shots >= 2)")
+    if shots < min_shots:
+        what = "one image per level (shots >= 2)" if min_shots >= 2 else f"{min_shots} labelled item(s)"
+        raise BundleInputError(f"--shots {shots}: bi-level training needs at least {what}")
     if val_size < 0:
         raise BundleInputError(f"--val_size {val_size} must be >= 0")
     if test is not None:

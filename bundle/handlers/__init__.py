@@ -10,6 +10,7 @@ from bundle.handlers.checks import (
     check_inference,
     check_training,
     check_writable,
+    checkpoint_class_count,
     existing_checkpoint,
 )
 from bundle.handlers.empty import EmptyPredictionWarning
@@ -31,6 +32,7 @@ __all__ = [
     "check_command_line",
     "check_device",
     "check_inference",
+    "checkpoint_class_count",
     "check_training",
     "check_writable",
     "evaluation_summary",

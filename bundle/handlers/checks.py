@@ -155,6 +155,7 @@ def check_training(
     mask_threshold: float | None = 127,
     num_classes: int | None = None,
     embedding_cache_dir: str | None = None,
+    mask_value_map: Mapping[int | str, int] | None = None,
 ) -> None:
     """Everything a training run can check before it starts: options, device, folders, labels.
 
@@ -162,12 +163,13 @@ def check_training(
         ckpt_dir, output_dir, embedding_cache_dir: the folders the run writes.
         device: the ``--device``.
         items: the training items (D1 and D2) whose masks must not all be empty.
-        mask_threshold, num_classes: how the masks are read (see :class:`bundle.data.LoadMaskd`).
+        mask_threshold, num_classes, mask_value_map: how the masks are read (see :class:`bundle.data.LoadMaskd`).
     """
     check_command_line()
     check_device(device)
     check_writable(ckpt_dir=ckpt_dir, output_dir=output_dir, embedding_cache_dir=embedding_cache_dir)
-    check_training_labels(items, threshold=mask_threshold, num_classes=num_classes)
+    threshold = None if mask_value_map else mask_threshold
+    check_training_labels(items, threshold=threshold, value_map=mask_value_map or None, num_classes=num_classes)
 
 
 def check_inference(
@@ -193,6 +195,19 @@ def existing_checkpoint(path: str, flag: str = "--ckpt") -> str:
             f"(`python -m monai.bundle run training --config_file configs/train.json`) or pass {flag} <model.pt>"
         )
     return path
+
+
+def checkpoint_class_count(path: str, default: int) -> int:
+    """The class count a checkpoint was trained for (``default`` when the file is missing or has none),
+    so volume inference writes 0..C without being told C; :func:`check_checkpoint` reports bad files."""
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return int(default)
+    try:
+        state = _state_dict(path, torch.load(path, map_location="cpu", weights_only=True), "model")
+    except Exception:  # reported, with the file name, when the loader checks the checkpoint
+        return int(default)
+    count = state.get(CLASS_COUNT_KEY) if isinstance(state, Mapping) else None
+    return int(count) if count is not None and count.numel() == 1 else int(default)
 
 
 def _state_dict(path: str, checkpoint: Any, key: str) -> Mapping[str, torch.Tensor]:

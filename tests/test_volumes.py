@@ -1,0 +1,241 @@
+"""Volumes: reading (NIfTI, DICOM series), intensities, slicing, few-shot training from volumes,
+volume inference and its read-back checks, the size constraint and 3D scoring."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from bundle.data.volumes import (
+    VolumeSlicer,
+    VolumeSlicing,
+    ct_window,
+    decathlon_datalist,
+    structure_value_map,
+    volume_datalist,
+    volume_load_transforms,
+)
+from bundle.errors import BundleInputError
+from bundle.postprocessing import SizeConstraintd
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ("--backbone", "sam_tiny")
+
+
+def _bundle(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "monai.bundle", "run", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True)  # fmt: skip
+
+
+def _phantom(shape=(40, 36, 14), seed=0, shift=0):
+    """A CT-like phantom: body at 40 HU in air, an ellipsoid 'liver' (label 6) and a ball 'spleen' (label 2)."""
+    rng = np.random.default_rng(seed)
+    x, y, z = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+    image = np.full(shape, -1000.0)
+    body = ((x - 20) / 18) ** 2 + ((y - 18) / 16) ** 2 < 1
+    image[body] = 40
+    label = np.zeros(shape, np.uint8)
+    liver = ((x - 14 - shift) / 8) ** 2 + ((y - 18) / 7) ** 2 + ((z - 7) / 4) ** 2 < 1
+    spleen = ((x - 29) / 4) ** 2 + ((y - 14) / 4) ** 2 + ((z - 6) / 3) ** 2 < 1
+    image[liver], label[liver] = 120, 6
+    image[spleen], label[spleen] = 200, 2
+    image += rng.normal(0, 5, shape)
+    return image.astype(np.int16), label
+
+
+def _decathlon(root: Path, n: int = 4) -> Path:
+    affine = np.diag([-0.9, -0.9, 2.5, 1.0])  # LPS-like, as DICOM-derived NIfTIs often are
+    for sub in ("imagesTr", "labelsTr"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        image, label = _phantom(seed=i, shift=i % 2)
+        nib.save(nib.Nifti1Image(image, affine), root / "imagesTr" / f"case_{i}.nii.gz")
+        nib.save(nib.Nifti1Image(label, affine), root / "labelsTr" / f"case_{i}.nii.gz")
+    return root
+
+
+def test_slicer_planes_are_upright_and_invert_exactly():
+    volume = torch.arange(3 * 4 * 5, dtype=torch.float32).reshape(1, 3, 4, 5)  # C x L x P x S
+    for axis in (0, 1, 2):
+        slicer = VolumeSlicer(axis)
+        plane = slicer.plane(volume, 1)
+        assert torch.equal(slicer.from_upright(plane), volume.select(1 + axis, 1))
+    axial = VolumeSlicer(2).plane(volume, 0)[0]
+    assert axial.shape == (4, 3)  # rows: posterior (P) downwards, columns: towards the left (L)
+    assert torch.equal(axial[:, 0], volume[0, 0, :, 0]) and torch.equal(axial[0], volume[0, :, 0, 0])
+    coronal = VolumeSlicer(1).plane(volume, 0)[0]
+    assert torch.equal(coronal[0], volume[0, :, 0, -1])  # superior at the top
+    three = VolumeSlicer(2, context=1).image(volume * 10, 0)
+    assert three.shape == (3, 4, 3) and torch.equal(three[0], three[1])  # the first slice repeats itself
+
+
+def test_ct_windows_structures_and_bad_settings():
+    assert ct_window("abdomen") == (-160.0, 240.0) and ct_window([75, 400]) == (-125.0, 275.0)
+    with pytest.raises(BundleInputError, match="--ct_window soft: unknown preset"):
+        ct_window("soft")
+    with pytest.raises(BundleInputError, match=r"\[centre, width\]"):
+        ct_window([40, -5])
+    assert structure_value_map({"liver": 6, "spleen": 1}) == {6: 1, 1: 2}
+    with pytest.raises(BundleInputError, match="distinct"):
+        structure_value_map({"a": 1, "b": 1})
+    with pytest.raises(BundleInputError, match="--modality pet"):
+        VolumeSlicing({"liver": 6}, modality="pet")
+
+
+def test_volumes_are_read_in_lps_with_their_spacing_and_windowed(tmp_path):
+    image, _ = _phantom()
+    nib.save(nib.Nifti1Image(image, np.diag([0.9, 0.8, 2.5, 1.0])), tmp_path / "ras.nii.gz")  # RAS on disk
+    from monai.transforms import Compose
+
+    out = Compose(volume_load_transforms("ct", "abdomen"))({"image": str(tmp_path / "ras.nii.gz")})["image"]
+    affine = np.asarray(out.affine)
+    np.testing.assert_allclose(np.linalg.norm(affine[:3, :3], axis=0), [0.9, 0.8, 2.5], rtol=1e-6)
+    # MONAI keeps world coordinates in RAS: an LPS array has decreasing x and y
+    assert affine[0, 0] < 0 and affine[1, 1] < 0 and affine[2, 2] > 0
+    assert float(out.min()) == 0.0  # air clipped by the window
+    np.testing.assert_allclose(out[0].numpy(), np.clip((image[::-1, ::-1] + 160) / 400 * 255, 0, 255), atol=1e-3)
+
+
+def test_training_slices_are_split_by_volume_and_empty_slices_subsampled(tmp_path):
+    items = decathlon_datalist(_decathlon(tmp_path / "data"))
+    assert [i["id"] for i in items] == ["case_0", "case_1", "case_2", "case_3"]
+    slicing = VolumeSlicing({"liver": 6, "spleen": 2}, modality="ct", empty_ratio=0.5, cache_dir=str(tmp_path / "s"))
+    lower, upper = slicing.halves(items[:3])
+    assert {s["volume"] for s in lower} == {"case_0", "case_1"} and {s["volume"] for s in upper} == {"case_2"}
+    index = json.loads(next((tmp_path / "s").glob("case_2-*/slices.json")).read_text())
+    full = sum(s["foreground"] for s in index["slices"])
+    assert len(upper) == full + round(0.5 * full) < len(index["slices"])
+    assert lower == slicing.halves(items[:3])[0]  # the same draw again (seeded), read from the cache
+    one, same = slicing.halves(items[:1])
+    assert one == same and {s["volume"] for s in one} == {"case_0"}  # a single volume feeds both levels
+    # a label slice holds the structures' own values, read back through the training chain's value map
+    from PIL import Image
+
+    values = set(np.unique(np.asarray(Image.open(upper[len(upper) // 2]["label"]))))
+    assert values <= {0, 2, 6} and values & {2, 6}
+    prior = slicing.size_prior(items[:2])
+    true_ml = [float((_phantom(seed=i, shift=i % 2)[1] == 6).sum()) * 0.9 * 0.9 * 2.5 / 1000 for i in (0, 1)]
+    assert prior["liver"] == pytest.approx(np.mean(true_ml), rel=1e-6)
+    with pytest.raises(BundleInputError, match="none of the structures"):
+        VolumeSlicing({"kidney": 3}, cache_dir=str(tmp_path / "s")).slices(items[:1])
+
+
+def test_decathlon_folder_errors_name_the_problem(tmp_path):
+    data = _decathlon(tmp_path / "data", n=2)
+    (data / "labelsTr" / "case_1.nii.gz").unlink()
+    with pytest.raises(BundleInputError, match="images without a label in labelsTr/: case_1"):
+        decathlon_datalist(data)
+    with pytest.raises(BundleInputError, match="imagesTr/ not found"):
+        decathlon_datalist(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BundleInputError, match="no volumes"):
+        volume_datalist(tmp_path / "empty")
+
+
+def test_size_constraint_moves_a_class_into_the_prior_interval():
+    logits = torch.zeros(3, 20, 20, 10)
+    yy = torch.arange(20).float()[:, None, None].expand(20, 20, 10)
+    ties = torch.linspace(0, 0.5, 4000).reshape(20, 20, 10)  # no two voxels equally confident
+    logits[1] = 10.0 - yy - ties  # class 1 wherever row < 10: 2000 voxels
+    logits[2, :2, :2, :2] = 50.0  # class 2: 8 voxels
+    image = MetaTensor(logits, affine=torch.diag(torch.tensor([2.0, 2.0, 2.5, 1.0])))  # 10 uL per voxel
+    ml = 0.01
+    constraint = SizeConstraintd("pred", {"a": 1000 * ml, "b": 8 * ml}, margin=0.2)
+    out = constraint({"pred": image})["pred"]
+    counts = [int((out.argmax(0) == c).sum()) for c in (1, 2)]
+    assert counts[0] == 1200  # moved to the nearest bound
+    assert counts[1] == 8 and constraint.adjusted[1]["offset"] == 0.0  # inside its interval: untouched
+    assert (out.argmax(0) == 1)[2:5].all() and not (out.argmax(0) == 1)[7:].any()  # the most confident kept
+    assert SizeConstraintd("pred", None)({"pred": image})["pred"] is image
+
+
+def test_scores_are_3d_dice_and_hd95_in_mm(tmp_path):
+    from bundle.experiments.volumes import score_volume
+
+    _, label = _phantom()
+    affine = np.diag([0.9, 0.9, 2.5, 1.0])
+    pred = np.zeros_like(label)
+    pred[label == 6] = 1
+    pred[label == 2] = 2
+    shifted = np.roll(pred, 2, axis=2)  # two slices (5 mm) off
+    nib.save(nib.Nifti1Image(label, affine), tmp_path / "label.nii.gz")
+    nib.save(nib.Nifti1Image(pred, affine), tmp_path / "pred.nii.gz")
+    nib.save(nib.Nifti1Image(shifted, affine), tmp_path / "shifted.nii.gz")
+    structures = {"liver": 6, "spleen": 2}
+    exact = score_volume(tmp_path / "pred.nii.gz", tmp_path / "label.nii.gz", structures)
+    assert exact["liver"]["dice"] == 1.0 and exact["spleen"]["hd95_mm"] == 0.0
+    off = score_volume(tmp_path / "shifted.nii.gz", tmp_path / "label.nii.gz", structures)
+    assert off["liver"]["dice"] < 1.0 and off["liver"]["hd95_mm"] == pytest.approx(5.0, abs=0.01)
+
+
+@pytest.mark.slow  # two whole bundle commands (about a minute)
+def test_train_on_volumes_then_segment_a_folder_as_the_issue_states(tmp_path):
+    """The command-line contract: train on k labelled volumes (Decathlon layout), then segment a folder;
+    the masks come back on each input's grid and affine with class values 0..C."""
+    data = _decathlon(tmp_path / "data", n=4)
+    models = tmp_path / "models"
+    proc = _bundle("training", "--config_file", "['configs/train.json','configs/datasets/decathlon.json']",
+                   "--dataset_dir", str(data), "--structures", "{'liver': 6, 'spleen': 2}", "--modality", "ct",
+                   "--shots", "2", "--test_size", "1", "--seed", "0", *TINY, "--iterations", "3",
+                   "--ckpt_dir", str(models), "--output_dir", str(tmp_path / "train"),
+                   "--slice_dir", str(tmp_path / "slices"), "--embedding_cache_dir", str(tmp_path / "emb"))  # fmt: skip
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert "D1 (lower level): 1 [case_0]" in log or "D1 (lower level): 1 [" in log
+    prior = json.loads((models / "size_prior.json").read_text())
+    assert list(prior["volumes_ml"]) == ["liver", "spleen"] and len(prior["support"]) == 2
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    test = data / "imagesTr" / "case_3.nii.gz"
+    (inputs / "case_3.nii.gz").write_bytes(test.read_bytes())
+    for constraint in ("false", "true"):
+        out = tmp_path / f"out_{constraint}"
+        proc = _bundle("--config_file", "['configs/inference.json','configs/volumes.json']",
+                       "--input_dir", str(inputs), "--output_dir", str(out), "--modality", "ct",
+                       "--ckpt", str(models / "model.pt"), *TINY, "--size_constraint", constraint)  # fmt: skip
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+        mask, source = nib.load(out / "case_3.nii.gz"), nib.load(test)
+        assert mask.shape == source.shape and np.allclose(mask.affine, source.affine, atol=1e-5)
+        assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1, 2}
+
+
+def test_a_dicom_series_folder_is_one_volume_and_comes_back_on_its_grid(real_data, tmp_path):
+    """The shared CT sample's 20-file DICOM series, segmented as a sub-folder of the input folder:
+    the NIfTI written has the series' shape, spacing and world geometry (checked against SimpleITK)."""
+    import SimpleITK as sitk  # noqa: N813 (the name SimpleITK documents)
+
+    from bundle.networks import BLOSAM
+
+    series = real_data / "ct-sample" / "dicom"
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "chest").symlink_to(series, target_is_directory=True)
+    assert volume_datalist(inputs) == [{"image": str(inputs / "chest"), "id": "chest"}]
+    torch.manual_seed(0)
+    torch.save(BLOSAM("sam_tiny", num_classes=2, prompt="dense").state_dict(), tmp_path / "tiny.pt")
+    out = tmp_path / "out"
+    proc = _bundle("--config_file", "['configs/inference.json','configs/volumes.json']", "--input_dir", str(inputs),
+                   "--output_dir", str(out), "--modality", "ct", "--ckpt", str(tmp_path / "tiny.pt"), *TINY,
+                   "--prompt", "dense")  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    written = nib.load(out / "chest.nii.gz")
+    reference = sitk.ReadImage(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(series)))
+    assert written.shape == reference.GetSize()
+    np.testing.assert_allclose(written.header.get_zooms(), reference.GetSpacing(), rtol=1e-5)
+    assert set(np.unique(np.asarray(written.dataobj))) <= {0, 1, 2}
+    # every voxel centre lands on the same point in the patient: NIfTI's RAS world = ITK's LPS world, x and y negated
+    for ijk in ([0, 0, 0], [511, 0, 19], [100, 300, 7]):
+        ras = written.affine @ np.array([*ijk, 1.0])
+        k = int(round(reference.TransformPhysicalPointToContinuousIndex((-ras[0], -ras[1], ras[2]))[2]))
+        lps = reference.TransformIndexToPhysicalPoint((ijk[0], ijk[1], k))
+        np.testing.assert_allclose([-ras[0], -ras[1], ras[2]], lps, atol=1e-3)
