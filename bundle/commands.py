@@ -48,16 +48,21 @@ def bundle_args(command: str, config_files: Sequence[str], overrides: Mapping | 
     return args
 
 
-def run_bundle(args: Sequence[str], cwd: str | os.PathLike, log: IO[str] | None = None) -> str:
+def run_bundle(
+    args: Sequence[str], cwd: str | os.PathLike, log: IO[str] | None = None, usage: str | os.PathLike | None = None
+) -> str:
     """Run ``python -m monai.bundle *args`` in the bundle folder ``cwd``.
 
     Output goes to ``log`` when given (then ``""`` is returned), else it is returned. A failing
-    command raises ``RuntimeError`` with the command and the end of its output.
+    command raises ``RuntimeError`` with the command and the end of its output. With ``usage``, GNU
+    ``time`` writes the command's peak resident memory (KiB) and wall time (s) to that file.
     """
     cwd = Path(cwd)
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     env["PYTHONPATH"] = os.pathsep.join([str(cwd), env.get("PYTHONPATH", "")])
     cmd = [sys.executable, "-m", "monai.bundle", *args]
+    if usage is not None:
+        cmd = ["/usr/bin/time", "-f", "%M %e", "-o", str(usage), *cmd]
     if log is not None:
         log.flush()
         proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from monai.config import KeysCollection
 from monai.data import ImageWriter
 from monai.handlers import MetricsSaver
-from monai.transforms import SaveImaged
+from monai.transforms import MapTransform, SaveImaged
 from monai.utils import ImageMetaKey
 
 from bundle.atomic import atomic_path
@@ -94,3 +97,40 @@ class AtomicMetricsSaver(MetricsSaver):
                 self.save_dir = str(target)
             for report in sorted(Path(tmp).iterdir()):
                 os.replace(report, target / report.name)
+
+
+class CheckWrittenVolumed(MapTransform):
+    """Read a written NIfTI mask back and check it against what was meant to be written, or fail naming it.
+
+    Checked: the shape and affine are the input's (its ``spatial_shape`` and ``original_affine``, as
+    read), so the spacing is too, and every voxel holds the prediction's class. Runs right after
+    :class:`AtomicSaveImaged` with the same ``output_dir`` / ``output_ext``.
+    """
+
+    def __init__(self, keys: KeysCollection, output_dir: str, output_ext: str = ".nii.gz") -> None:
+        super().__init__(keys)
+        self.output_dir, self.output_ext = output_dir, output_ext
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        import nibabel as nib
+
+        d = dict(data)
+        for key in self.key_iterator(d):
+            pred = d[key]
+            source = str(pred.meta.get(ImageMetaKey.FILENAME_OR_OBJ, ""))
+            stem = output_stem(source) if os.path.isfile(source) else Path(source).name
+            path = Path(self.output_dir) / f"{stem}{self.output_ext}"
+            written = nib.load(path)
+            shape = tuple(int(s) for s in np.asarray(pred.meta.get("spatial_shape", pred.shape[1:])).reshape(-1))
+            affine = np.asarray(pred.meta.get("original_affine", pred.affine), dtype=float)
+            values = np.asarray(written.dataobj)
+            problems = []
+            if written.shape != shape:
+                problems.append(f"shape {written.shape}, the input's {shape}")
+            if not np.allclose(written.affine, affine, atol=1e-4):
+                problems.append(f"affine {written.affine.round(4).tolist()}, the input's {affine.round(4).tolist()}")
+            elif not np.array_equal(values, np.asarray(pred.detach().cpu())[0].astype(values.dtype)):
+                problems.append("labels that differ from the prediction")
+            if problems:
+                raise RuntimeError(f"{path}: read back with {'; '.join(problems)}")
+        return d

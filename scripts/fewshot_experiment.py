@@ -33,8 +33,67 @@ from bundle.experiments import (  # noqa: E402
     run_grid,
     summary_table,
 )
+from bundle.experiments.volumes import (  # noqa: E402
+    VARIANTS,
+    VOLUME_DATASETS,
+    VolumeRun,
+    VolumeSettings,
+    execute_volume_run,
+    volume_report,
+)
 
-FOLDERS = {"jsrt": "jsrt", "kvasir": "kvasir-seg", "dental": "dental"}  # sub-folders of --data_root
+FOLDERS = {"jsrt": "jsrt", "kvasir": "kvasir-seg", "dental": "dental", "btcv": "btcv", "hippocampus": "hippocampus"}
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def volume_dir(data_root: str, name: str) -> str:
+    """A volume data set's Decathlon folder: ``<data_root>/<name>``, or, where that holds no images (BTCV
+    is only described there), the copy built into the project's ``.data/<name>``."""
+    for folder in (Path(data_root) / FOLDERS[name], PROJECT / ".data" / name):
+        if (folder / "imagesTr").is_dir():
+            return str(folder.resolve())
+    raise SystemExit(
+        f"{name}: no imagesTr/ in {Path(data_root) / FOLDERS[name]} or {PROJECT / '.data' / name}; "
+        f"build it as {Path(data_root) / FOLDERS[name] / 'README.md'} says"
+    )
+
+
+def run_volumes(args: argparse.Namespace, overrides: dict) -> None:
+    """The volumetric experiment: train on k support volumes, segment the test volumes, score in 3D."""
+    root = Path(args.out).resolve()
+    names = [d for d in args.datasets if d in VOLUME_DATASETS]
+    settings = VolumeSettings(
+        root,
+        {name: volume_dir(args.data_root, name) for name in names},
+        args.iterations,
+        args.cache_dir or str(root / "embeddings"),
+        str(root / "slices"),
+        overrides,
+    )
+    runs = [
+        VolumeRun(name, k, seed, variant)
+        for seed in args.seeds
+        for name in names
+        for k in (args.shots or VOLUME_DATASETS[name].shots)
+        for variant in args.variants
+    ]
+    failures = []
+    if not args.report_only:
+        from tqdm import tqdm
+
+        for run in tqdm(runs, desc="volume runs", unit="run"):
+            try:
+                execute_volume_run(run, settings)
+            except RuntimeError as err:
+                if not args.keep_going:
+                    raise
+                failures.append(run)
+                tqdm.write(str(err))
+    if not args.no_report:
+        print(volume_report(runs, settings, Path(args.report or "docs/results/volumes.md")))
+    for run in failures:
+        print(f"FAILED {run.label}")
+    sys.exit(1 if failures else 0)
 
 
 def write_report(runs, settings: GridSettings, report: Path, iterations: int) -> str:
@@ -114,7 +173,15 @@ def _overrides(parser: argparse.ArgumentParser, items: list[str]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_root", default="../shared/data", help="folder with jsrt/ and kvasir-seg/")
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument(
+        "--datasets",
+        nargs="+",
+        default=list(DATASETS),
+        choices=list(DATASETS) + list(VOLUME_DATASETS),
+        help="image data sets, or volume data sets (btcv, hippocampus: the volumetric experiment)",
+    )
+    parser.add_argument("--variants", nargs="+", default=["blo-sam"], choices=list(VARIANTS),
+                        help="volume runs: plain slices, or 2.5D (neighbouring slices as channels)")  # fmt: skip
     parser.add_argument("--shots", nargs="+", type=int, help="shots for every data set (default: the paper's)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
@@ -125,11 +192,16 @@ def main() -> None:
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config overrides for every run, the value as JSON (e.g. augmentation_bank=2 for a "
                         "smoke run); recorded in each run's config.json")  # fmt: skip
-    parser.add_argument("--report", default="docs/results/fewshot.md")
+    parser.add_argument("--report", help="default: docs/results/fewshot.md (images), docs/results/volumes.md (volumes)")
     parser.add_argument("--no_report", action="store_true", help="run the grid only; leave the report as it is")
     parser.add_argument("--report_only", action="store_true", help="rewrite the report from finished runs")
     parser.add_argument("--keep_going", action="store_true", help="go on after a failed run")
     args = parser.parse_args()
+    if any(d in VOLUME_DATASETS for d in args.datasets):
+        if not all(d in VOLUME_DATASETS for d in args.datasets):
+            parser.error("run image and volume data sets separately (their reports differ)")
+        run_volumes(args, _overrides(parser, args.set))
+    args.report = args.report or "docs/results/fewshot.md"
 
     root = Path(args.out).resolve()
     dirs = {name: str((Path(args.data_root) / FOLDERS[name]).resolve()) for name in args.datasets}

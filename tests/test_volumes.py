@@ -226,7 +226,7 @@ def test_a_dicom_series_folder_is_one_volume_and_comes_back_on_its_grid(real_dat
     out = tmp_path / "out"
     proc = _bundle("--config_file", "['configs/inference.json','configs/volumes.json']", "--input_dir", str(inputs),
                    "--output_dir", str(out), "--modality", "ct", "--ckpt", str(tmp_path / "tiny.pt"), *TINY,
-                   "--prompt", "dense")  # fmt: skip
+                   "--prompt", "dense", "--class_names", "['lung','body']")  # fmt: skip
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     written = nib.load(out / "chest.nii.gz")
     reference = sitk.ReadImage(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(series)))
@@ -239,3 +239,43 @@ def test_a_dicom_series_folder_is_one_volume_and_comes_back_on_its_grid(real_dat
         k = int(round(reference.TransformPhysicalPointToContinuousIndex((-ras[0], -ras[1], ras[2]))[2]))
         lps = reference.TransformIndexToPhysicalPoint((ijk[0], ijk[1], k))
         np.testing.assert_allclose([-ras[0], -ras[1], ras[2]], lps, atol=1e-3)
+
+    # DICOM-SEG beside it: one segment per class, each covering the NIfTI's voxels of that class on every slice
+    import highdicom as hd
+
+    from bundle.dicom_seg import labels_on_series, read_series
+
+    seg = hd.seg.segread(str(out / "chest_seg.dcm"))
+    assert [d.SegmentLabel for d in seg.SegmentSequence] == ["lung", "body"]
+    datasets = read_series(series)
+    frames = labels_on_series(np.asarray(written.dataobj), written.affine, datasets)
+    for c in (1, 2):
+        stored = seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=[d.SOPInstanceUID for d in datasets], segment_numbers=[c],
+            assert_missing_frames_are_empty=True,
+        )[..., 0]  # fmt: skip
+        np.testing.assert_array_equal(stored.astype(bool), frames == c)
+
+
+def test_a_mask_that_does_not_read_back_as_written_is_reported(tmp_path):
+    from bundle.writers import CheckWrittenVolumed
+
+    affine = np.diag([0.9, 0.9, 2.5, 1.0])
+    labels = np.zeros((8, 6, 4), np.uint8)
+    labels[2:5, 1:4, 1:3] = 1
+    pred = MetaTensor(torch.from_numpy(labels)[None], affine=torch.from_numpy(affine),
+                      meta={"filename_or_obj": str(tmp_path / "case.nii.gz"), "spatial_shape": (8, 6, 4),
+                            "original_affine": affine})  # fmt: skip
+    (tmp_path / "case.nii.gz").write_bytes(b"")
+    out = tmp_path / "out"
+    out.mkdir()
+    check = CheckWrittenVolumed("pred", str(out))
+    nib.save(nib.Nifti1Image(labels, affine), out / "case.nii.gz")
+    check({"pred": pred})  # as written: passes
+    nib.save(nib.Nifti1Image(labels, np.diag([1.0, 0.9, 2.5, 1.0])), out / "case.nii.gz")
+    with pytest.raises(RuntimeError, match=r"case\.nii\.gz: read back with affine"):
+        check({"pred": pred})
+    shifted = np.roll(labels, 1, axis=0)
+    nib.save(nib.Nifti1Image(shifted, affine), out / "case.nii.gz")
+    with pytest.raises(RuntimeError, match="labels that differ"):
+        check({"pred": pred})

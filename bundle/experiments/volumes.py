@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
@@ -19,6 +20,8 @@ import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance
 
 from bundle.atomic import atomic_path, write_json_atomically
+
+PROJECT = Path(__file__).resolve().parents[2]
 
 
 def crop_to_structures(
@@ -104,3 +107,354 @@ def score_folder(
 def load_score(path: str | os.PathLike) -> dict:
     """A scored run (``score_folder``'s file)."""
     return json.loads(Path(path).read_text())
+
+
+@dataclass(frozen=True)
+class VolumeDataSet:
+    """A volumetric few-shot benchmark: its structures, intensities, shots and published anchors."""
+
+    name: str
+    structures: dict[str, int]
+    modality: str
+    shots: tuple[int, ...]
+    test_size: int = 20
+    ct_window: tuple[float, float] | None = None  # (centre, width) in HU
+    crop_margin: int | None = None  # test volumes cut to the structures' slices +- this; None: whole volumes
+    anchors: dict[str, list[float]] = field(default_factory=dict)  # method -> Dice % per structure (+ mean)
+
+
+VOLUME_DATASETS: dict[str, VolumeDataSet] = {
+    "btcv": VolumeDataSet(
+        "btcv",
+        {"liver": 6, "spleen": 1, "left_kidney": 3, "right_kidney": 2},
+        "ct",
+        (1, 2, 4),
+        ct_window=(75.0, 400.0),  # the SABS volumes hold HU clipped to [-125, 275]: this window is that range
+        crop_margin=5,
+        anchors={
+            "SSL-ALPNet": [78.3, 71.0, 72.4, 71.8, 73.4],
+            "GMRD": [79.6, 78.3, 81.7, 74.5, 78.5],
+            "FoB+SAM": [86.5, 84.5, 87.3, 86.5, 86.2],
+            "AM-SAM": [87.3, 87.1, 84.4, 86.0, 86.2],
+        },
+    ),
+    "hippocampus": VolumeDataSet("hippocampus", {"anterior": 1, "posterior": 2}, "mr", (1, 4)),
+}
+VARIANTS = {"blo-sam": {}, "blo-sam-2.5d": {"slice_context": 1}}
+
+
+@dataclass(frozen=True)
+class VolumeRun:
+    """One cell: data set x k support volumes x seed x variant."""
+
+    dataset: str
+    shots: int
+    seed: int
+    variant: str = "blo-sam"
+
+    def folder(self, root: Path) -> Path:
+        return root / self.dataset / f"{self.shots}shot" / f"seed{self.seed}" / self.variant
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset} {self.shots}-shot seed {self.seed} {self.variant}"
+
+
+@dataclass
+class VolumeSettings:
+    """What every volume run shares."""
+
+    root: Path
+    dataset_dirs: dict[str, str]
+    iterations: int = 300
+    embedding_cache_dir: str | None = None
+    slice_dir: str | None = None
+    extra_overrides: dict = field(default_factory=dict)
+
+
+def test_items(data: VolumeDataSet, dataset_dir: str, root: Path) -> list[dict]:
+    """The test volumes (the last ``test_size`` sorted ids), cut as the protocol says (``crop_margin``)."""
+    from bundle.data.volumes import decathlon_datalist
+
+    items = decathlon_datalist(dataset_dir)[-data.test_size :]
+    if data.crop_margin is None:
+        return items
+    return crop_to_structures(items, root / data.name / "test", list(data.structures.values()), data.crop_margin)
+
+
+def _intensity(data: VolumeDataSet) -> dict:
+    return {"modality": data.modality, **({"ct_window": list(data.ct_window)} if data.ct_window else {})}
+
+
+def volume_commands(run: VolumeRun, settings: VolumeSettings, input_dir: str) -> dict[str, dict]:
+    """Training (``train.json`` + ``datasets/decathlon.json``) and inference (``inference.json`` +
+    ``volumes.json``, without and with the size constraint) of ``run``: config files and overrides."""
+    data = VOLUME_DATASETS[run.dataset]
+    folder = run.folder(settings.root)
+    common = {**_intensity(data), **VARIANTS[run.variant]}
+    train = {
+        "dataset_dir": settings.dataset_dirs[run.dataset],
+        "structures": dict(data.structures),
+        "shots": run.shots,
+        "test_size": data.test_size,
+        "seed": run.seed,
+        "iterations": settings.iterations,
+        "ckpt_dir": str(folder / "models"),
+        "output_dir": str(folder / "train"),
+        **({"embedding_cache_dir": settings.embedding_cache_dir} if settings.embedding_cache_dir else {}),
+        **({"slice_dir": settings.slice_dir} if settings.slice_dir else {}),
+        **common,
+        **settings.extra_overrides,
+    }
+    cache = (
+        f"$bundle.networks.EmbeddingCache({settings.embedding_cache_dir!r})" if settings.embedding_cache_dir else None
+    )
+    infer = {
+        "input_dir": input_dir,
+        "ckpt": str(folder / "models" / "model.pt"),
+        **({"embedding_cache": cache} if cache else {}),
+        **common,
+    }
+    configs = PROJECT / "configs"
+    return {
+        "training": {
+            "files": [str(configs / "train.json"), str(configs / "datasets/decathlon.json")],
+            "overrides": train,
+        },
+        **{
+            name: {
+                "files": [str(configs / "inference.json"), str(configs / "volumes.json")],
+                "overrides": {**infer, "output_dir": str(folder / name), "size_constraint": constrained},
+            }
+            for name, constrained in (("pred", False), ("pred_size", True))
+        },
+    }
+
+
+def execute_volume_run(run: VolumeRun, settings: VolumeSettings) -> dict:
+    """Train, segment the test volumes (without, then with the size constraint) and score; skipped when
+    ``done.json`` exists. Peak memory and wall time of each command are recorded (GNU ``time``)."""
+    from bundle.commands import bundle_args, run_bundle
+
+    folder = run.folder(settings.root)
+    done = folder / "done.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    data = VOLUME_DATASETS[run.dataset]
+    items = test_items(data, settings.dataset_dirs[run.dataset], settings.root)
+    input_dir = str(Path(items[0]["image"]).parent)
+    folder.mkdir(parents=True, exist_ok=True)
+    commands = volume_commands(run, settings, input_dir)
+    write_json_atomically(commands, folder / "command.json")
+    record: dict = {"run": run.__dict__, "test_volumes": len(items)}
+    for key, command in commands.items():
+        usage = folder / f"{key}.usage"
+        args = bundle_args("run training" if key == "training" else "run", command["files"], command["overrides"])
+        with open(folder / f"{key}.log", "a") as log:
+            try:
+                run_bundle(args, PROJECT, log=log, usage=usage)
+            except RuntimeError as err:
+                tail = (folder / f"{key}.log").read_text(errors="replace").splitlines()[-15:]
+                raise RuntimeError(f"{run.label}: {key} failed; see {folder / key}.log:\n" + "\n".join(tail)) from err
+        peak_kib, wall = usage.read_text().split()[-2:]
+        record[key] = {"seconds": float(wall), "peak_rss_mib": round(int(peak_kib) / 1024, 1)}
+        if key != "training":
+            scores = score_folder(folder / key, items, data.structures, folder / f"{key}_scores.json")
+            record[key]["mean_dice"] = scores["mean_dice_all"]
+    write_json_atomically(record, done)
+    return record
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    if not values:
+        return "–"
+    return f"{np.mean(values):.1f} ± {np.std(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
+
+
+def collect_volume_runs(runs: Sequence[VolumeRun], root: Path) -> list[tuple[VolumeRun, dict, dict, dict]]:
+    """Finished runs with their record and scores (without, with the size constraint)."""
+    found = []
+    for run in runs:
+        folder = run.folder(root)
+        if (folder / "done.json").is_file():
+            found.append(
+                (run, json.loads((folder / "done.json").read_text()), load_score(folder / "pred_scores.json"),
+                 load_score(folder / "pred_size_scores.json"))
+            )  # fmt: skip
+    return found
+
+
+def volume_report(runs: Sequence[VolumeRun], settings: VolumeSettings, report: Path) -> str:
+    """The markdown report of the volumetric experiment and its figures (in ``<report stem>/``)."""
+    done = collect_volume_runs(runs, settings.root)
+    fig_dir = report.parent / report.stem
+    lines = [
+        "# Volumetric few-shot results",
+        "",
+        "Backbone **LiteMedSAM** (the bundle's offline default), slice-wise BLO-SAM: slices of the k support "
+        "volumes are the samples, D1/D2 split by volume (with k = 1 both levels train on the one volume), "
+        f"empty slices kept at 0.2 per slice with a structure, {settings.iterations} iterations, batch 2 per "
+        "level. All classes of a data set are trained at once (one multi-class model per run). "
+        "3D Dice and HD95 (mm, at each volume's spacing) per structure; a cell is the mean ± std over seeds of "
+        "the per-run mean over test volumes. 'k labels' = k labelled volumes in all (no validation volume).",
+        "",
+    ]
+    for name, data in VOLUME_DATASETS.items():
+        mine = [d for d in done if d[0].dataset == name]
+        if not mine:
+            continue
+        organs = list(data.structures)
+        lines += [f"## {name}", "", _protocol(data), ""]
+        header = "| k | variant | seeds | " + " | ".join(organs) + " | mean | size constraint on: mean |"
+        lines += [header, "|" + "---|" * (len(organs) + 5)]
+        for k in sorted({r.shots for r, *_ in mine}):
+            for variant in VARIANTS:
+                cell = [d for d in mine if d[0].shots == k and d[0].variant == variant]
+                if not cell:
+                    continue
+                per = [_mean_std([100 * s["mean_dice"][o] for _, _, s, _ in cell]) for o in organs]
+                mean = _mean_std([100 * s["mean_dice_all"] for _, _, s, _ in cell])
+                sized = _mean_std([100 * z["mean_dice_all"] for _, _, _, z in cell])
+                lines.append(f"| {k} | {variant} | {len(cell)} | " + " | ".join(per) + f" | **{mean}** | {sized} |")
+        lines += ["", "HD95 (mm), without the size constraint:", ""]
+        lines += ["| k | variant | " + " | ".join(organs) + " |", "|" + "---|" * (len(organs) + 2)]
+        for k in sorted({r.shots for r, *_ in mine}):
+            for variant in VARIANTS:
+                cell = [d for d in mine if d[0].shots == k and d[0].variant == variant]
+                if cell:
+                    per = [_mean_std([s["mean_hd95_mm"][o] for _, _, s, _ in cell]) for o in organs]
+                    lines.append(f"| {k} | {variant} | " + " | ".join(per) + " |")
+        if data.anchors:
+            lines += ["", "Published 1-shot Dice on the same SABS volumes (their protocols differ in detail):", ""]
+            lines += ["| method | " + " | ".join(organs) + " | mean |", "|" + "---|" * (len(organs) + 2)]
+            lines += [f"| {m} | " + " | ".join(f"{v:.1f}" for v in vals) + " |" for m, vals in data.anchors.items()]
+        lines += ["", "Cost per run (2-core CPU; see the note on what else was running):", ""]
+        lines += ["| k | seed | variant | train s | train peak MiB | segment s / volume (cached embeddings) | "
+                  "segment peak MiB |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for run, record, _, _ in mine:
+            per_volume = record["pred"]["seconds"] / max(record["test_volumes"], 1)
+            lines.append(
+                f"| {run.shots} | {run.seed} | {run.variant} | {record['training']['seconds']:.0f} | "
+                f"{record['training']['peak_rss_mib']:.0f} | {per_volume:.1f} | {record['pred']['peak_rss_mib']:.0f} |"
+            )
+        made = [dice_vs_k(mine, data, fig_dir / f"dice_vs_k_{name}.png")]
+        first = min(mine, key=lambda d: (d[0].seed, -d[0].shots))
+        made.append(overlay_planes(first[0], settings, fig_dir / f"planes_{name}.png"))
+        lines += ["", "Figures:", ""] + [f"- `{p.relative_to(report.parent)}`" for p in made if p is not None]
+        lines.append("")
+    notes = report.with_name(f"{report.stem}_notes.md")
+    if notes.is_file():
+        lines += [notes.read_text()]
+    text = "\n".join(lines)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(text)
+    return text
+
+
+def _protocol(data: VolumeDataSet) -> str:
+    window = f"CT window centre {data.ct_window[0]:g} / width {data.ct_window[1]:g} HU" if data.ct_window else (
+        "MR: each volume's 0.5-99.5 percentiles")  # fmt: skip
+    crop = (
+        f"Test volumes are cut along z to the slices holding any of the structures, plus {data.crop_margin} "
+        "slices on each side (the few-shot CT protocols score organ slices only); the whole cut volume is "
+        "segmented by the bundle's volume command and scored."
+        if data.crop_margin is not None
+        else "Whole test volumes are segmented and scored."
+    )
+    return (
+        f"Structures (label value): {', '.join(f'{k} ({v})' for k, v in data.structures.items())}. {window}. "
+        f"Test: the last {data.test_size} sorted volumes; the k support volumes are drawn (seeded) from the "
+        f"others. {crop}"
+    )
+
+
+def dice_vs_k(done: list, data: VolumeDataSet, path: Path) -> Path:
+    """Mean ± std Dice over seeds against k, per structure and their mean."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    plain = [d for d in done if d[0].variant == "blo-sam"]
+    ks = sorted({d[0].shots for d in plain})
+    for organ in [*data.structures, "mean"]:
+        stats = []
+        for k in ks:
+            vals = [100 * (s["mean_dice_all"] if organ == "mean" else s["mean_dice"][organ])
+                    for r, _, s, _ in plain if r.shots == k]  # fmt: skip
+            stats.append((np.mean(vals), np.std(vals)))
+        ax.errorbar(ks, [m for m, _ in stats], yerr=[e for _, e in stats], marker="o", capsize=3, label=organ,
+                    linewidth=2.5 if organ == "mean" else 1)  # fmt: skip
+    if data.anchors:
+        for method, vals in data.anchors.items():
+            ax.scatter([1], [vals[-1]], marker="x", s=40, zorder=3, label=f"{method} (1-shot mean, published)")
+    ax.set_xticks(ks or [1])
+    ax.set_xlabel("labelled volumes (k)")
+    ax.set_ylabel("3D Dice %")
+    ax.set_title(f"{data.name}: Dice against k (mean ± std over seeds)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def overlay_planes(run: VolumeRun, settings: VolumeSettings, path: Path) -> Path | None:
+    """Axial, coronal and sagittal planes through the first test volume's structures: the image with the
+    reference (solid) and predicted (dashed) outlines of each structure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = VOLUME_DATASETS[run.dataset]
+    items = test_items(data, settings.dataset_dirs.get(run.dataset, ""), settings.root)
+    pred_path = run.folder(settings.root) / "pred" / f"{items[0]['id']}.nii.gz"
+    if not pred_path.is_file():
+        return path if path.is_file() else None
+
+    def canonical(file: str | Path) -> nib.Nifti1Image:  # RAS arrays, so the planes can be shown upright
+        return nib.as_closest_canonical(nib.load(file))
+
+    image = np.asarray(canonical(items[0]["image"]).dataobj, dtype=np.float32)
+    label = np.rint(np.asarray(canonical(items[0]["label"]).dataobj)).astype(int)
+    pred = np.asarray(canonical(pred_path).dataobj).astype(int)
+    zooms = canonical(items[0]["image"]).header.get_zooms()[:3]
+    inside = np.argwhere(np.isin(label, list(data.structures.values())))
+    centre = inside.mean(axis=0).round().astype(int)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.8))
+    colours = plt.cm.tab10(np.arange(len(data.structures)))
+    planes = (("axial", 2), ("coronal", 1), ("sagittal", 0))
+
+    def upright(volume: np.ndarray, axis: int) -> np.ndarray:
+        """Radiological display: anterior / superior at the top, the patient's right on the left."""
+        plane = np.flipud(np.take(volume, centre[axis], axis=axis).T)
+        return np.fliplr(plane) if axis != 0 else plane
+
+    for ax, (title, axis) in zip(axes, planes, strict=True):
+        img, ref, out = upright(image, axis), upright(label, axis), upright(pred, axis)
+        rows, cols = [z for i, z in enumerate(zooms) if i != axis][::-1]
+        ax.imshow(img, cmap="gray", aspect=rows / cols)
+        for c, value in enumerate(data.structures.values()):
+            for mask, style in ((ref == value, "solid"), (out == c + 1, "dashed")):
+                if mask.any():
+                    ax.contour(mask.astype(float), levels=[0.5], colors=[colours[c]], linestyles=style,
+                               linewidths=1.2)  # fmt: skip
+        ax.set_title(f"{title} (index {centre[axis]})")
+        ax.axis("off")
+    handles = [plt.Line2D([], [], color=colours[c], label=o) for c, o in enumerate(data.structures)]
+    handles += [
+        plt.Line2D([], [], color="k", label="reference"),
+        plt.Line2D([], [], color="k", ls="--", label="BLO-SAM"),
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8)
+    fig.suptitle(f"{items[0]['id']}: {run.label}")
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return path
