@@ -1,0 +1,99 @@
+"""The volumetric experiment's commands, test volumes and report, on synthetic run folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from bundle.commands import merged_config
+from bundle.experiments.volumes import (
+    VOLUME_DATASETS,
+    VolumeRun,
+    VolumeSettings,
+    crop_to_structures,
+    volume_commands,
+    volume_report,
+)
+
+
+def _volumes(root: Path, n: int = 3) -> Path:
+    for sub in ("imagesTr", "labelsTr"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    affine = np.diag([1.5, 1.5, 3.0, 1.0])
+    for i in range(n):
+        label = np.zeros((16, 16, 12), np.uint8)
+        label[4:10, 4:12, 3:7] = 6  # liver
+        label[10:13, 2:5, 5:8] = 1  # spleen
+        label[3:5, 10:13, 6:8] = 3
+        label[11:13, 11:13, 6:8] = 2
+        image = (label * 20 - 50 + i).astype(np.int16)
+        nib.save(nib.Nifti1Image(image, affine), root / "imagesTr" / f"v{i}.nii.gz")
+        nib.save(nib.Nifti1Image(label, affine), root / "labelsTr" / f"v{i}.nii.gz")
+    return root
+
+
+def test_commands_follow_the_command_line_contract(tmp_path):
+    settings = VolumeSettings(tmp_path / "runs", {"btcv": "/data/btcv"}, 50, str(tmp_path / "emb"))
+    commands = volume_commands(VolumeRun("btcv", 2, 1), settings, "/data/test")
+    train = commands["training"]
+    assert [Path(f).name for f in train["files"]] == ["train.json", "decathlon.json"]
+    o = train["overrides"]
+    assert o["structures"] == {"liver": 6, "spleen": 1, "left_kidney": 3, "right_kidney": 2}
+    assert (o["modality"], o["shots"], o["test_size"], o["seed"], o["ct_window"]) == ("ct", 2, 20, 1, [75.0, 400.0])
+    parsed = merged_config(train["files"], o)  # every override names a config id
+    assert parsed["structures"] == o["structures"] and "volume_slicing" in parsed
+    for name, constrained in (("pred", False), ("pred_size", True)):
+        c = commands[name]
+        assert [Path(f).name for f in c["files"]] == ["inference.json", "volumes.json"]
+        assert c["overrides"]["size_constraint"] is constrained and c["overrides"]["input_dir"] == "/data/test"
+    assert (
+        volume_commands(VolumeRun("btcv", 2, 1, "blo-sam-2.5d"), settings, "x")["pred"]["overrides"]["slice_context"]
+        == 1
+    )
+
+
+def test_test_volumes_are_cut_to_the_structures_with_their_affine(tmp_path):
+    data = _volumes(tmp_path / "data", n=1)
+    item = {"image": str(data / "imagesTr/v0.nii.gz"), "label": str(data / "labelsTr/v0.nii.gz"), "id": "v0"}
+    cut = crop_to_structures([item], tmp_path / "test", [6, 1, 3, 2], margin=1)[0]
+    image, source = nib.load(cut["image"]), nib.load(item["image"])
+    assert image.shape == (16, 16, 7)  # slices 3..7 hold structures, one more on each side: 2..8
+    np.testing.assert_allclose(image.affine[:3, 3], source.affine[:3, 3] + [0, 0, 2 * 3.0])
+    np.testing.assert_array_equal(np.asarray(image.dataobj), np.asarray(source.dataobj)[:, :, 2:9])
+
+
+def test_report_tables_and_figures_from_finished_runs(tmp_path):
+    data = _volumes(tmp_path / "data", n=3)
+    root = tmp_path / "runs"
+    settings = VolumeSettings(root, {"btcv": str(data)}, 50)
+    organs = list(VOLUME_DATASETS["btcv"].structures)
+    runs = [VolumeRun("btcv", k, seed) for k in (1, 2) for seed in (0, 1)]
+    from bundle.experiments.volumes import test_items
+
+    items = test_items(VOLUME_DATASETS["btcv"], str(data), root)
+    for run in runs[:3]:  # the last one is not finished
+        folder = run.folder(root)
+        (folder / "pred").mkdir(parents=True)
+        label = nib.load(items[0]["label"])
+        pred = np.zeros(label.shape, np.uint8)
+        pred[np.asarray(label.dataobj) == 6] = 1
+        nib.save(nib.Nifti1Image(pred, label.affine), folder / "pred" / f"{items[0]['id']}.nii.gz")
+        dice = 0.5 + 0.1 * run.shots + 0.01 * run.seed
+        for name, bonus in (("pred", 0.0), ("pred_size", 0.02)):
+            scores = {"mean_dice": {o: dice + bonus for o in organs}, "mean_dice_all": dice + bonus,
+                      "mean_hd95_mm": {o: 4.0 for o in organs}}  # fmt: skip
+            (folder / f"{name}_scores.json").write_text(json.dumps(scores))
+        record = {"run": run.__dict__, "test_volumes": 20, "training": {"seconds": 100.0, "peak_rss_mib": 900.0},
+                  "pred": {"seconds": 200.0, "peak_rss_mib": 1200.0}}  # fmt: skip
+        (folder / "done.json").write_text(json.dumps(record))
+    text = volume_report(runs, settings, tmp_path / "volumes.md")
+    assert (
+        "| 1 | blo-sam | 2 | 60.5 ± 0.5 | 60.5 ± 0.5 | 60.5 ± 0.5 | 60.5 ± 0.5 | **60.5 ± 0.5** | 62.5 ± 0.5 |" in text
+    )
+    assert "| 2 | blo-sam | 1 | 70.0 |" in text and "| AM-SAM | 87.3 | 87.1 | 84.4 | 86.0 | 86.2 |" in text
+    assert "| 1 | 0 | blo-sam | 100 | 900 | 10.0 | 1200 |" in text  # 200 s over 20 test volumes
+    for png in ("dice_vs_k_btcv.png", "planes_btcv.png"):
+        assert (tmp_path / "volumes" / png).stat().st_size > 10_000
