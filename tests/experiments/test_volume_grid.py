@@ -83,8 +83,8 @@ def test_report_tables_and_figures_from_finished_runs(tmp_path):
         nib.save(nib.Nifti1Image(pred, label.affine), folder / "pred" / f"{items[0]['id']}.nii.gz")
         dice = 0.5 + 0.1 * run.shots + 0.01 * run.seed
         for name, bonus in (("pred", 0.0), ("pred_size", 0.02)):
-            scores = {"mean_dice": {o: dice + bonus for o in organs}, "mean_dice_all": dice + bonus,
-                      "mean_hd95_mm": {o: 4.0 for o in organs}}  # fmt: skip
+            scores = {"mean_dice": dict.fromkeys(organs, dice + bonus), "mean_dice_all": dice + bonus,
+                      "mean_hd95_mm": dict.fromkeys(organs, 4.0)}  # fmt: skip
             (folder / f"{name}_scores.json").write_text(json.dumps(scores))
         record = {"run": run.__dict__, "test_volumes": 20, "training": {"seconds": 100.0, "peak_rss_mib": 900.0},
                   "pred": {"seconds": 200.0, "peak_rss_mib": 1200.0}}  # fmt: skip
