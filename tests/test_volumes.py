@@ -279,3 +279,25 @@ def test_a_mask_that_does_not_read_back_as_written_is_reported(tmp_path):
     nib.save(nib.Nifti1Image(shifted, affine), out / "case.nii.gz")
     with pytest.raises(RuntimeError, match="labels that differ"):
         check({"pred": pred})
+
+
+@pytest.mark.parametrize("context", [0, 1])
+def test_a_training_slice_reaches_the_network_as_the_same_slice_does_at_inference(tmp_path, context):
+    """The invariant of the volume path: the slice PNG read by the 2D training chain and the slice taken
+    from the volume by SliceWiseInferer give the network the same input."""
+    from monai.transforms import Compose
+
+    from bundle.inferers import SliceWiseInferer, fit_longest_side
+    from bundle.preprocessing import fit_transforms, load_transforms, pad_transforms
+
+    items = decathlon_datalist(_decathlon(tmp_path / "data", n=1))
+    slicing = VolumeSlicing({"liver": 6}, modality="ct", context=context, cache_dir=str(tmp_path / "s"))
+    chosen = slicing.slices(items)[3]
+    index = int(chosen["id"].rsplit("_", 1)[1])
+    size = 64
+    train = Compose(load_transforms("litemedsam", input_size=size) + fit_transforms(size) + pad_transforms(size))
+    x_train = train({"image": chosen["image"]})["image"]
+    volume = Compose(volume_load_transforms("ct", "abdomen"))({"image": items[0]["image"]})["image"]
+    inferer = SliceWiseInferer(size, backbone="litemedsam", context=context)
+    x_infer, _ = fit_longest_side(inferer.slice_input(volume.as_tensor(), index)[None], size)
+    torch.testing.assert_close(torch.as_tensor(x_train), x_infer[0], atol=1e-5, rtol=0)

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 from monai.transforms import (
+    Compose,
     EnsureChannelFirstd,
     EnsureTyped,
     MapTransform,
@@ -393,8 +394,6 @@ class VolumeSlicing:
         if index_file.is_file():
             return json.loads(index_file.read_text())
         folder.mkdir(parents=True, exist_ok=True)
-        from monai.transforms import Compose
-
         loaded = Compose(volume_load_transforms(self.modality, self.ct_window, self.nonfinite, with_label=True))(
             {IMAGE: volume["image"], LABEL: volume["label"]}
         )
