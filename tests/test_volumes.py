@@ -133,7 +133,9 @@ def test_training_slices_are_split_by_volume_and_empty_slices_subsampled(tmp_pat
 def test_decathlon_folder_errors_name_the_problem(tmp_path):
     data = _decathlon(tmp_path / "data", n=2)
     (data / "labelsTr" / "case_1.nii.gz").unlink()
-    with pytest.raises(BundleInputError, match="images without a label in labelsTr/: case_1"):
+    assert [i["id"] for i in decathlon_datalist(data)] == ["case_0"]  # the unlabelled image is left out
+    (data / "labelsTr" / "case_0.nii.gz").unlink()
+    with pytest.raises(BundleInputError, match="no labelled volumes"):
         decathlon_datalist(data)
     with pytest.raises(BundleInputError, match="imagesTr/ not found"):
         decathlon_datalist(tmp_path)

@@ -252,8 +252,10 @@ def decathlon_datalist(dataset_dir: str | os.PathLike) -> list[dict]:
     """``[{"image", "label", "id"}]`` of a Decathlon-layout folder: ``imagesTr/<id>.nii.gz`` with
     ``labelsTr/<id>.nii.gz`` (a DICOM series folder ``imagesTr/<id>/`` counts as image ``<id>``).
 
+    Images without a label are left out (logged).
+
     Raises:
-        MissingInputError: a folder is missing. BundleInputError: no pairs, or images without labels.
+        MissingInputError: a folder is missing. BundleInputError: no labelled volume.
     """
     root = Path(dataset_dir)
     images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
@@ -264,12 +266,18 @@ def decathlon_datalist(dataset_dir: str | os.PathLike) -> list[dict]:
             )
     images, labels = volume_files(images_dir), volume_files(labels_dir)
     unlabelled = sorted(set(images) - set(labels))
-    if unlabelled:
+    if unlabelled:  # not training data (the Decathlon keeps unlabelled images in imagesTs/): left out, said
         shown = ", ".join(unlabelled[:5]) + (f" ... ({len(unlabelled)} in all)" if len(unlabelled) > 5 else "")
-        raise BundleInputError(f"--dataset_dir {root}: images without a label in labelsTr/: {shown}")
-    if not images:
-        raise BundleInputError(f"--dataset_dir {root}: no volumes in imagesTr/ (NIfTI files or DICOM series folders)")
-    return [{"image": images[i], "label": labels[i], "id": i} for i in sorted(images)]
+        logger.warning(
+            f"--dataset_dir {root}: left out {len(unlabelled)} image(s) without a label in labelsTr/: {shown}"
+        )
+    pairs = sorted(set(images) & set(labels))
+    if not pairs:
+        raise BundleInputError(
+            f"--dataset_dir {root}: no labelled volumes (imagesTr/<id>.nii.gz or a DICOM series folder imagesTr/<id>/, "
+            "with labelsTr/<id>.nii.gz)"
+        )
+    return [{"image": images[i], "label": labels[i], "id": i} for i in pairs]
 
 
 def _file_stamp(path: str) -> str:
