@@ -298,6 +298,8 @@ def volume_report(runs: Sequence[VolumeRun], settings: VolumeSettings, report: P
         "3D Dice and HD95 (mm, at each volume's spacing) per structure; a cell is the mean ± std over seeds of "
         "the per-run mean over test volumes. 'k labels' = k labelled volumes in all (no validation volume).",
         "",
+        f"Finished runs: {len(done)} of {len(runs)} planned.",
+        "",
     ]
     for name, data in VOLUME_DATASETS.items():
         mine = [d for d in done if d[0].dataset == name]
