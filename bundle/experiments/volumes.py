@@ -331,7 +331,7 @@ def volume_report(runs: Sequence[VolumeRun], settings: VolumeSettings, report: P
             lines += ["| method | " + " | ".join(organs) + " | mean |", "|" + "---|" * (len(organs) + 2)]
             lines += [f"| {m} | " + " | ".join(f"{v:.1f}" for v in vals) + " |" for m, vals in data.anchors.items()]
         lines += ["", "Cost per run (2-core CPU; see the note on what else was running):", ""]
-        lines += ["| k | seed | variant | train s | train peak MiB | segment s / volume (cached embeddings) | "
+        lines += ["| k | seed | variant | train s | train peak MiB | segment s / volume (see the reading) | "
                   "segment peak MiB |", "|---|---|---|---|---|---|---|"]  # fmt: skip
         for run, record, _, _ in mine:
             per_volume = record["pred"]["seconds"] / max(record["test_volumes"], 1)
