@@ -32,6 +32,7 @@ from bundle.experiments import (  # noqa: E402
     recorded_protocol,
     run_grid,
     summary_table,
+    write_markdown_report,
 )
 from bundle.experiments.volumes import (  # noqa: E402
     VARIANTS,
@@ -147,13 +148,7 @@ def write_report(runs, settings: GridSettings, report: Path, iterations: int) ->
             elif cases_png.is_file():  # a record without checkpoints (as committed) keeps its figure
                 made.append(cases_png)
     lines += ["Figures:", ""] + [f"- `{p.relative_to(report.parent)}`" for p in made if p is not None] + [""]
-    notes = report.with_name(f"{report.stem}_notes.md")  # a hand-written reading, kept across rewrites
-    if notes.is_file():
-        lines += [notes.read_text()]
-    text = "\n".join(lines)
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(text)
-    return text
+    return write_markdown_report(lines, report)
 
 
 def _overrides(parser: argparse.ArgumentParser, items: list[str]) -> dict:

@@ -43,17 +43,17 @@ def itk_geometry(path: str) -> tuple[tuple[int, ...], np.ndarray, np.ndarray]:
     return tuple(image.GetSize()), spacing, affine
 
 
+def corner_points(shape: tuple[int, ...], affine: np.ndarray) -> set[tuple[float, ...]]:
+    """World coordinates (mm, rounded) of a grid's eight corner voxel centres."""
+    corners = [
+        np.array([i, j, k, 1.0]) for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)
+    ]
+    return {tuple(np.round(affine @ c, 3)[:3]) for c in corners}
+
+
 def same_grid(shape_a, affine_a, shape_b, affine_b) -> bool:
     """Whether two grids cover the same voxel centres (up to the order of the slices along each axis)."""
-    corners = [
-        np.array([i, j, k, 1.0]) for i in (0, shape_a[0] - 1) for j in (0, shape_a[1] - 1) for k in (0, shape_a[2] - 1)
-    ]
-    points_a = {tuple(np.round(affine_a @ c, 3)[:3]) for c in corners}
-    corners_b = [
-        np.array([i, j, k, 1.0]) for i in (0, shape_b[0] - 1) for j in (0, shape_b[1] - 1) for k in (0, shape_b[2] - 1)
-    ]
-    points_b = {tuple(np.round(affine_b @ c, 3)[:3]) for c in corners_b}
-    return sorted(shape_a) == sorted(shape_b) and points_a == points_b
+    return sorted(shape_a) == sorted(shape_b) and corner_points(shape_a, affine_a) == corner_points(shape_b, affine_b)
 
 
 def main() -> None:

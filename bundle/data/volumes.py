@@ -191,13 +191,11 @@ def volume_files(folder: str | os.PathLike) -> dict[str, str]:
         BundleInputError: two volumes share a name (their outputs would overwrite each other).
     """
     found: dict[str, str] = {}
-    seen: dict[str, str] = {}
 
     def add(stem: str, path: Path) -> None:
         if stem in found:
             raise BundleInputError(f"{path} and {found[stem]} are both volume {stem!r}: rename one of them")
         found[stem] = str(path)
-        seen[stem] = path.name
 
     for path in sorted(Path(folder).iterdir()):
         if path.name.startswith("."):

@@ -9,6 +9,7 @@ from bundle.experiments.summary import (
     per_seed_table,
     recorded_protocol,
     summary_table,
+    write_markdown_report,
 )
 
 __all__ = [
@@ -26,4 +27,5 @@ __all__ = [
     "plan_grid",
     "run_grid",
     "summary_table",
+    "write_markdown_report",
 ]

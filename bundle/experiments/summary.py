@@ -214,3 +214,15 @@ def per_seed_table(results: list[RunResult]) -> str:
 def compute_time(results: list[RunResult]) -> float:
     """Total seconds spent training and evaluating the finished runs."""
     return sum(sum(r.seconds.values()) for r in results)
+
+
+def write_markdown_report(lines: list[str], report: Path) -> str:
+    """Join ``lines``, append the hand-written reading beside the report (``<stem>_notes.md``, kept
+    across rewrites) and write the report; returns its text."""
+    notes = report.with_name(f"{report.stem}_notes.md")
+    if notes.is_file():
+        lines = [*lines, notes.read_text()]
+    text = "\n".join(lines)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(text)
+    return text

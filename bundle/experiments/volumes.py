@@ -20,6 +20,7 @@ import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance
 
 from bundle.atomic import atomic_path, write_json_atomically
+from bundle.experiments.summary import write_markdown_report
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -344,13 +345,7 @@ def volume_report(runs: Sequence[VolumeRun], settings: VolumeSettings, report: P
         made.append(overlay_planes(first[0], settings, fig_dir / f"planes_{name}.png"))
         lines += ["", "Figures:", ""] + [f"- `{p.relative_to(report.parent)}`" for p in made if p is not None]
         lines.append("")
-    notes = report.with_name(f"{report.stem}_notes.md")
-    if notes.is_file():
-        lines += [notes.read_text()]
-    text = "\n".join(lines)
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(text)
-    return text
+    return write_markdown_report(lines, report)
 
 
 def _protocol(data: VolumeDataSet) -> str:
