@@ -303,3 +303,27 @@ def test_a_training_slice_reaches_the_network_as_the_same_slice_does_at_inferenc
     inferer = SliceWiseInferer(size, backbone="litemedsam", context=context)
     x_infer, _ = fit_longest_side(inferer.slice_input(volume.as_tensor(), index)[None], size)
     torch.testing.assert_close(torch.as_tensor(x_train), x_infer[0], atol=1e-5, rtol=0)
+
+
+def test_a_resumed_volume_run_must_have_the_same_slicing_settings(tmp_path):
+    """The resume fingerprint holds the volume settings: a checkpoint from another window, axis, context or
+    empty-slice ratio is not resumed (the same settings give the same fingerprint)."""
+    from monai.bundle import ConfigParser
+
+    data = _decathlon(tmp_path / "data", n=3)
+
+    def fingerprint(**overrides) -> str:
+        parser = ConfigParser()
+        parser.read_config(
+            [str(ROOT / "configs" / "train.json"), str(ROOT / "configs" / "datasets" / "decathlon.json")]
+        )
+        parser.update({"dataset_dir": str(data), "test_size": 1, "structures": {"liver": 6}, **overrides})
+        handlers = parser["train"]["handlers"]
+        index = next(i for i, h in enumerate(handlers) if str(h.get("_target_", "")).endswith("ResumableTraining"))
+        return repr(parser.get_parsed_content(f"train#handlers#{index}#fingerprint"))
+
+    base = fingerprint()
+    assert fingerprint() == base
+    for change in ({"ct_window": "lung"}, {"slice_axis": "coronal"}, {"slice_context": 1},
+                   {"empty_slice_ratio": 0.5}, {"modality": "mr"}, {"dice_present_only": False}, {"structures": {"spleen": 2}}):  # fmt: skip
+        assert fingerprint(**change) != base, change
