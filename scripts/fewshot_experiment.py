@@ -70,6 +70,7 @@ def run_volumes(args: argparse.Namespace, overrides: dict) -> None:
         args.cache_dir or str(root / "embeddings"),
         str(root / "slices"),
         overrides,
+        tuple(args.eval_ids),
     )
     runs = [
         VolumeRun(name, k, seed, variant)
@@ -90,7 +91,14 @@ def run_volumes(args: argparse.Namespace, overrides: dict) -> None:
                     raise
                 failures.append(run)
                 tqdm.write(str(err))
-    if not args.no_report:
+    if args.eval_ids:  # development scores use extra labels: printed, never the report
+        for run in runs:
+            done = run.folder(root) / "done.json"
+            if done.is_file():
+                record = json.loads(done.read_text())
+                plain, sized = (100 * record[key]["mean_dice"] for key in ("pred", "pred_size"))
+                print(f"{run.label} on {' '.join(args.eval_ids)}: mean Dice {plain:.1f} (size constraint {sized:.1f})")
+    elif not args.no_report:
         print(volume_report(runs, settings, Path(args.report or "docs/results/volumes.md")))
     for run in failures:
         print(f"FAILED {run.label}")
@@ -177,6 +185,9 @@ def main() -> None:
     )
     parser.add_argument("--variants", nargs="+", default=["blo-sam"], choices=list(VARIANTS),
                         help="volume runs: plain slices, or 2.5D (neighbouring slices as channels)")  # fmt: skip
+    parser.add_argument("--eval_ids", nargs="+", default=[], metavar="ID",
+                        help="volume runs: score on these support-pool volumes instead of the test split, to choose "
+                        "settings without the test volumes (extra labels: printed, never written to the report)")  # fmt: skip
     parser.add_argument("--shots", nargs="+", type=int, help="shots for every data set (default: the paper's)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))

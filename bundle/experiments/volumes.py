@@ -171,16 +171,29 @@ class VolumeSettings:
     embedding_cache_dir: str | None = None
     slice_dir: str | None = None
     extra_overrides: dict = field(default_factory=dict)
+    eval_ids: tuple[str, ...] = ()  # development: score on these pool volumes instead of the test split
 
 
-def test_items(data: VolumeDataSet, dataset_dir: str, root: Path) -> list[dict]:
-    """The test volumes (the last ``test_size`` sorted ids), cut as the protocol says (``crop_margin``)."""
+def test_items(data: VolumeDataSet, dataset_dir: str, root: Path, eval_ids: Sequence[str] = ()) -> list[dict]:
+    """The test volumes (the last ``test_size`` sorted ids), cut as the protocol says (``crop_margin``).
+
+    ``eval_ids``: development volumes from the support pool instead (choosing settings without looking at
+    the test split; their labels are extra labels, so such scores are never a k-shot result).
+    """
     from bundle.data.volumes import decathlon_datalist
 
-    items = decathlon_datalist(dataset_dir)[-data.test_size :]
+    items = decathlon_datalist(dataset_dir)
+    pool, test = items[: -data.test_size], items[-data.test_size :]
+    folder = "test"
+    if eval_ids:
+        chosen = [item for item in pool if str(item["id"]) in set(eval_ids)]
+        unknown = sorted(set(eval_ids) - {str(item["id"]) for item in chosen})
+        if unknown:
+            raise ValueError(f"{data.name}: development volumes must come from the support pool; not there: {unknown}")
+        test, folder = chosen, "dev"
     if data.crop_margin is None:
-        return items
-    return crop_to_structures(items, root / data.name / "test", list(data.structures.values()), data.crop_margin)
+        return test
+    return crop_to_structures(test, root / data.name / folder, list(data.structures.values()), data.crop_margin)
 
 
 def _intensity(data: VolumeDataSet) -> dict:
@@ -242,7 +255,7 @@ def execute_volume_run(run: VolumeRun, settings: VolumeSettings) -> dict:
     if done.exists():
         return json.loads(done.read_text())
     data = VOLUME_DATASETS[run.dataset]
-    items = test_items(data, settings.dataset_dirs[run.dataset], settings.root)
+    items = test_items(data, settings.dataset_dirs[run.dataset], settings.root, settings.eval_ids)
     input_dir = str(Path(items[0]["image"]).parent)
     folder.mkdir(parents=True, exist_ok=True)
     commands = volume_commands(run, settings, input_dir)

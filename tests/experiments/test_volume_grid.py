@@ -97,3 +97,21 @@ def test_report_tables_and_figures_from_finished_runs(tmp_path):
     assert "| 1 | 0 | blo-sam | 100 | 900 | 10.0 | 1200 |" in text  # 200 s over 20 test volumes
     for png in ("dice_vs_k_btcv.png", "planes_btcv.png"):
         assert (tmp_path / "volumes" / png).stat().st_size > 10_000
+
+
+def test_development_volumes_come_from_the_support_pool_only(tmp_path):
+    """``--eval_ids``: scoring on pool volumes (to choose settings) never touches the test split."""
+    import dataclasses
+
+    import pytest
+
+    from bundle.experiments.volumes import test_items
+
+    data = _volumes(tmp_path / "data", n=23)  # 3 pool volumes (sorted: v0, v1, v10) + the 20 test volumes
+    btcv = VOLUME_DATASETS["btcv"]
+    dev = test_items(btcv, str(data), tmp_path / "runs", eval_ids=("v1", "v10"))
+    assert [item["id"] for item in dev] == ["v1", "v10"] and "/dev/" in dev[0]["image"]
+    with pytest.raises(ValueError, match=r"support pool; not there: \['v9'\]"):
+        test_items(btcv, str(data), tmp_path / "runs", eval_ids=("v1", "v9"))  # v9 sorts among the test ids
+    whole = test_items(dataclasses.replace(btcv, crop_margin=None), str(data), tmp_path / "runs", eval_ids=("v0",))
+    assert [item["id"] for item in whole] == ["v0"]
