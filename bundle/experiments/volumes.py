@@ -141,7 +141,12 @@ VOLUME_DATASETS: dict[str, VolumeDataSet] = {
     ),
     "hippocampus": VolumeDataSet("hippocampus", {"anterior": 1, "posterior": 2}, "mr", (1, 4)),
 }
-VARIANTS = {"blo-sam": {}, "blo-sam-2.5d": {"slice_context": 1}}
+VARIANTS = {
+    "blo-sam": {},
+    "blo-sam-2.5d": {"slice_context": 1},  # neighbouring slices as the encoder's channels
+    "blo-sam-dicece": {"dice_present_only": False},  # MONAI's DiceCELoss: absent classes scored on every slice
+}
+TRAINING_ONLY = {"dice_present_only"}  # variant settings the inference configs do not have
 
 
 @dataclass(frozen=True)
@@ -205,7 +210,8 @@ def volume_commands(run: VolumeRun, settings: VolumeSettings, input_dir: str) ->
     ``volumes.json``, without and with the size constraint) of ``run``: config files and overrides."""
     data = VOLUME_DATASETS[run.dataset]
     folder = run.folder(settings.root)
-    common = {**_intensity(data), **VARIANTS[run.variant]}
+    variant = VARIANTS[run.variant]
+    common = {**_intensity(data), **{k: v for k, v in variant.items() if k not in TRAINING_ONLY}}
     train = {
         "dataset_dir": settings.dataset_dirs[run.dataset],
         "structures": dict(data.structures),
@@ -218,6 +224,7 @@ def volume_commands(run: VolumeRun, settings: VolumeSettings, input_dir: str) ->
         **({"embedding_cache_dir": settings.embedding_cache_dir} if settings.embedding_cache_dir else {}),
         **({"slice_dir": settings.slice_dir} if settings.slice_dir else {}),
         **common,
+        **variant,
         **settings.extra_overrides,
     }
     cache = (
@@ -310,7 +317,9 @@ def volume_report(runs: Sequence[VolumeRun], settings: VolumeSettings, report: P
         f"empty slices kept at 0.2 per slice with a structure, {settings.iterations} iterations, batch 2 per "
         "level. All classes of a data set are trained at once (one multi-class model per run). "
         "3D Dice and HD95 (mm, at each volume's spacing) per structure; a cell is the mean ± std over seeds of "
-        "the per-run mean over test volumes. 'k labels' = k labelled volumes in all (no validation volume).",
+        "the per-run mean over test volumes. 'k labels' = k labelled volumes in all (no validation volume). "
+        "Variants: `blo-sam` the default (a class's Dice term counted on the slices holding it), `blo-sam-dicece` "
+        "MONAI's DiceCELoss (every class scored on every slice), `blo-sam-2.5d` neighbouring slices as channels.",
         "",
         f"Finished runs: {len(done)} of {len(runs)} planned.",
         "",

@@ -53,6 +53,10 @@ def test_commands_follow_the_command_line_contract(tmp_path):
         volume_commands(VolumeRun("btcv", 2, 1, "blo-sam-2.5d"), settings, "x")["pred"]["overrides"]["slice_context"]
         == 1
     )
+    dicece = volume_commands(VolumeRun("btcv", 2, 1, "blo-sam-dicece"), settings, "x")
+    assert dicece["training"]["overrides"]["dice_present_only"] is False
+    assert "dice_present_only" not in dicece["pred"]["overrides"]  # a training setting only
+    assert merged_config(dicece["training"]["files"], dicece["training"]["overrides"])["dice_present_only"] is False
 
 
 def test_test_volumes_are_cut_to_the_structures_with_their_affine(tmp_path):
