@@ -8,6 +8,7 @@ against the label maps: 3D Dice and HD95 (mm) per structure, with MONAI's metric
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -195,10 +196,29 @@ def test_items(data: VolumeDataSet, dataset_dir: str, root: Path, eval_ids: Sequ
         unknown = sorted(set(eval_ids) - {str(item["id"]) for item in chosen})
         if unknown:
             raise ValueError(f"{data.name}: development volumes must come from the support pool; not there: {unknown}")
-        test, folder = chosen, "dev"
+        test, folder = chosen, "dev-" + hashlib.sha1(" ".join(sorted(eval_ids)).encode()).hexdigest()[:8]
     if data.crop_margin is None:
-        return test
+        return link_volumes(test, root / data.name / folder)
     return crop_to_structures(test, root / data.name / folder, list(data.structures.values()), data.crop_margin)
+
+
+def link_volumes(items: Sequence[dict], out_dir: str | os.PathLike) -> list[dict]:
+    """The volumes (and labels) as links in ``out_dir/images`` and ``out_dir/labels``: a folder holding
+    exactly these volumes, which the volume command segments (not the data set's whole image folder)."""
+    out = Path(out_dir)
+    linked = []
+    for item in items:
+        paths = {}
+        for key, sub in (("image", "images"), ("label", "labels")):
+            source = Path(item[key]).resolve()
+            target = out / sub / source.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.is_symlink() or target.resolve() != source:
+                target.unlink(missing_ok=True)
+                target.symlink_to(source)
+            paths[key] = str(target)
+        linked.append({**item, **paths})
+    return linked
 
 
 def _intensity(data: VolumeDataSet) -> dict:

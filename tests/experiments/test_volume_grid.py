@@ -114,8 +114,28 @@ def test_development_volumes_come_from_the_support_pool_only(tmp_path):
     data = _volumes(tmp_path / "data", n=23)  # 3 pool volumes (sorted: v0, v1, v10) + the 20 test volumes
     btcv = VOLUME_DATASETS["btcv"]
     dev = test_items(btcv, str(data), tmp_path / "runs", eval_ids=("v1", "v10"))
-    assert [item["id"] for item in dev] == ["v1", "v10"] and "/dev/" in dev[0]["image"]
+    assert [item["id"] for item in dev] == ["v1", "v10"] and "/dev-" in dev[0]["image"]
     with pytest.raises(ValueError, match=r"support pool; not there: \['v9'\]"):
         test_items(btcv, str(data), tmp_path / "runs", eval_ids=("v1", "v9"))  # v9 sorts among the test ids
     whole = test_items(dataclasses.replace(btcv, crop_margin=None), str(data), tmp_path / "runs", eval_ids=("v0",))
     assert [item["id"] for item in whole] == ["v0"]
+    assert [p.name for p in Path(whole[0]["image"]).parent.iterdir()] == ["v0.nii.gz"]  # its own folder
+
+
+def test_whole_test_volumes_are_a_folder_of_exactly_the_test_split(tmp_path):
+    """A data set without cutting (hippocampus) still gets a folder holding only its test volumes: the
+    volume command segments a folder, and the data set's image folder holds the support pool too."""
+    import dataclasses
+
+    from bundle.experiments.volumes import test_items
+
+    data = _volumes(tmp_path / "data", n=23)
+    whole = dataclasses.replace(VOLUME_DATASETS["btcv"], crop_margin=None)
+    items = test_items(whole, str(data), tmp_path / "runs")
+    folder = Path(items[0]["image"]).parent
+    assert len(items) == 20 and len(list(folder.iterdir())) == 20 and folder != data / "imagesTr"
+    assert {i["id"] for i in items} == {p.name.removesuffix(".nii.gz") for p in folder.iterdir()}
+    assert np.array_equal(
+        nib.load(items[0]["label"]).get_fdata(), nib.load(data / "labelsTr" / "v11.nii.gz").get_fdata()
+    )
+    assert test_items(whole, str(data), tmp_path / "runs") == items  # a second call keeps the links
