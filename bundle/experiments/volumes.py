@@ -408,27 +408,34 @@ def _protocol(data: VolumeDataSet) -> str:
 
 
 def dice_vs_k(done: list, data: VolumeDataSet, path: Path) -> Path:
-    """Mean ± std Dice over seeds against k, per structure and their mean."""
+    """Mean ± std Dice over seeds against k: per structure and their mean for the default variant (or, when
+    it has no finished run, the variant with the most), the mean alone (dashed) for the other variants."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    plain = [d for d in done if d[0].variant == "blo-sam"]
-    ks = sorted({d[0].shots for d in plain})
-    for organ in [*data.structures, "mean"]:
-        stats = []
-        for k in ks:
-            vals = [100 * (s["mean_dice_all"] if organ == "mean" else s["mean_dice"][organ])
-                    for r, _, s, _ in plain if r.shots == k]  # fmt: skip
-            stats.append((np.mean(vals), np.std(vals)))
-        ax.errorbar(ks, [m for m, _ in stats], yerr=[e for _, e in stats], marker="o", capsize=3, label=organ,
-                    linewidth=2.5 if organ == "mean" else 1)  # fmt: skip
+    variants = [v for v in VARIANTS if any(d[0].variant == v for d in done)]
+    main = "blo-sam" if "blo-sam" in variants else max(variants, key=lambda v: sum(d[0].variant == v for d in done))
+    ks: set[int] = set()
+    for variant in [main] + [v for v in variants if v != main]:
+        runs = [d for d in done if d[0].variant == variant]
+        shots = sorted({d[0].shots for d in runs})
+        ks |= set(shots)
+        for organ in [*data.structures, "mean"] if variant == main else ["mean"]:
+            stats = []
+            for k in shots:
+                vals = [100 * (s["mean_dice_all"] if organ == "mean" else s["mean_dice"][organ])
+                        for r, _, s, _ in runs if r.shots == k]  # fmt: skip
+                stats.append((np.mean(vals), np.std(vals)))
+            ax.errorbar(shots, [m for m, _ in stats], yerr=[e for _, e in stats], marker="o", capsize=3,
+                        label=f"{organ} ({variant})", linewidth=2.5 if organ == "mean" else 1,
+                        linestyle="-" if variant == main else "--")  # fmt: skip
     if data.anchors:
         for method, vals in data.anchors.items():
             ax.scatter([1], [vals[-1]], marker="x", s=40, zorder=3, label=f"{method} (1-shot mean, published)")
-    ax.set_xticks(ks or [1])
+    ax.set_xticks(sorted(ks) or [1])
     ax.set_xlabel("labelled volumes (k)")
     ax.set_ylabel("3D Dice %")
     ax.set_title(f"{data.name}: Dice against k (mean ± std over seeds)")
