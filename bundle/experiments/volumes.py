@@ -202,6 +202,16 @@ def test_items(data: VolumeDataSet, dataset_dir: str, root: Path, eval_ids: Sequ
     return crop_to_structures(test, root / data.name / folder, list(data.structures.values()), data.crop_margin)
 
 
+def support_ids(run: VolumeRun, dataset_dir: str) -> set[str]:
+    """The ids of the support volumes the training command draws for ``run`` (the same split call)."""
+    from bundle.data import few_shot_split
+    from bundle.data.volumes import decathlon_datalist
+
+    split = few_shot_split(decathlon_datalist(dataset_dir), VOLUME_DATASETS[run.dataset].test_size, run.shots,
+                           run.seed, min_shots=1)  # fmt: skip
+    return {str(item["id"]) for item in split.lower + split.upper}
+
+
 def link_volumes(items: Sequence[dict], out_dir: str | os.PathLike) -> list[dict]:
     """The volumes (and labels) as links in ``out_dir/images`` and ``out_dir/labels``: a folder holding
     exactly these volumes, which the volume command segments (not the data set's whole image folder)."""
@@ -282,6 +292,11 @@ def execute_volume_run(run: VolumeRun, settings: VolumeSettings) -> dict:
     if done.exists():
         return json.loads(done.read_text())
     data = VOLUME_DATASETS[run.dataset]
+    if settings.eval_ids:
+        support = support_ids(run, settings.dataset_dirs[run.dataset])
+        if support & set(settings.eval_ids):
+            raise ValueError(f"{run.label}: development volumes {sorted(support & set(settings.eval_ids))} are "
+                             f"support volumes of this run ({sorted(support)}); score on others")  # fmt: skip
     items = test_items(data, settings.dataset_dirs[run.dataset], settings.root, settings.eval_ids)
     input_dir = str(Path(items[0]["image"]).parent)
     folder.mkdir(parents=True, exist_ok=True)

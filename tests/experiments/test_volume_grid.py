@@ -139,3 +139,19 @@ def test_whole_test_volumes_are_a_folder_of_exactly_the_test_split(tmp_path):
         nib.load(items[0]["label"]).get_fdata(), nib.load(data / "labelsTr" / "v11.nii.gz").get_fdata()
     )
     assert test_items(whole, str(data), tmp_path / "runs") == items  # a second call keeps the links
+
+
+def test_a_development_volume_that_is_a_support_volume_is_refused(tmp_path):
+    import re
+
+    import pytest
+
+    from bundle.experiments.volumes import execute_volume_run, support_ids
+
+    data = _volumes(tmp_path / "data", n=23)
+    run = VolumeRun("btcv", 1, 0)
+    (support,) = support_ids(run, str(data))
+    assert support in {"v0", "v1", "v10"}  # drawn from the pool, never the test split
+    settings = VolumeSettings(tmp_path / "runs", {"btcv": str(data)}, 1, eval_ids=(support,))
+    with pytest.raises(ValueError, match=re.escape(f"development volumes {[support]!r} are support volumes")):
+        execute_volume_run(run, settings)
