@@ -36,6 +36,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import re
 import shutil
 import sys
 import tempfile
@@ -65,19 +66,25 @@ RUN_KEYS = frozenset(
     {"imports", "bundle_root", "ckpt_dir", "dataset_dir", "output_dir", "device", "amp"}
     | {"num_classes", "clean_mask", "network_def", "network", "initialize", "run"}
     | {"batch_size", "embedding_cache"}  # the loader's and the cache's: training's differ from inference's
+    | {"size_prior_file"}  # beside the checkpoint in both; the export copies the file next to model.pt
 )
 
 
-def task_keys() -> tuple[str, ...]:
-    """The inference settings a training config sets for its task: the keys declared by both
-    ``configs/train.json`` and ``configs/inference.json`` (or ``configs/interactive.json``: how a box
-    meets the learnt prompt is the task's too), less :data:`RUN_KEYS` (paths and devices are not carried).
+def task_keys(config_files: list[str] | None = None, volumes: bool = False) -> tuple[str, ...]:
+    """The inference settings a training config sets for its task: the keys declared by both the training
+    configs (``configs/train.json`` by default; with a data set config such as ``datasets/decathlon.json``
+    its keys too) and ``configs/inference.json`` (or ``configs/interactive.json``: how a box meets the
+    learnt prompt is the task's too; for a volume task also ``configs/volumes.json``: a model trained on CT
+    volumes must be windowed as CT), less :data:`RUN_KEYS` (paths and devices are not carried).
     Derived from the configs, so a new shared setting travels without a list to edit."""
     configs = PROJECT / "configs"
-    train, inference, interactive = (
-        json.loads((configs / name).read_text()) for name in ("train.json", "inference.json", "interactive.json")
-    )
-    return tuple(k for k in {**inference, **interactive} if k in train and k not in RUN_KEYS)
+    training: set[str] = set()
+    for name in config_files or [configs / "train.json"]:
+        training |= {k for k in json.loads(Path(name).read_text()) if "#" not in k}
+    inference: dict = {}
+    for name in ("inference.json", "interactive.json") + (("volumes.json",) if volumes else ()):
+        inference.update(json.loads((configs / name).read_text()))
+    return tuple(k for k in inference if k in training and k not in RUN_KEYS)
 
 
 @dataclass
@@ -93,10 +100,23 @@ class ExportReport:
         return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()}
 
 
-def task_settings(config_files: list[str], overrides: dict | None = None) -> dict:
-    """The task's values of :func:`task_keys` from its training configs (unresolved, as written)."""
+def task_settings(config_files: list[str], overrides: dict | None = None, volumes: bool = False) -> dict:
+    """The task's values of :func:`task_keys` from its training configs, as written, except where a value
+    refers to a training-only id (``datasets/decathlon.json``'s ``class_names`` is ``$list(@structures)``):
+    that value is resolved, since the exported inference config has no such id."""
     config = merged_config(config_files, overrides)
-    return {k: config[k] for k in task_keys() if k in config}
+    keys = [k for k in task_keys(config_files, volumes) if k in config]
+    known = set(keys) | set(inference_config({}, volumes, interactive=True))
+    settings = {}
+    for key in keys:
+        value = config[key]
+        refs = {r.split("#")[0] for r in re.findall(r"@([\w#]+)", value)} if isinstance(value, str) else set()
+        if refs - known:
+            from monai.bundle import ConfigParser
+
+            value = ConfigParser(copy.deepcopy(config)).get_parsed_content(key)
+        settings[key] = value
+    return settings
 
 
 def measured_dice(eval_dir: str | Path) -> dict[str, float]:
@@ -356,8 +376,11 @@ def export_task(
             is skipped with a warning.
         make_zip: zip the folder for upload, without the exports and the SAM checkpoints
             (``models/large_files_sam.yml``); ``model.pt`` stays in, for MONAI Label.
-        volumes: a volume task: slice-wise inference on 3D images (``configs/volumes.json``); it has no
-            ``train.json`` (training takes 2D images).
+        volumes: a volume task: slice-wise inference on 3D images (``configs/volumes.json``), with the
+            volume settings the training configs set (modality, CT window, slice axis, 2.5D context,
+            post-processing) and, for a model trained on volumes, its ``size_prior.json`` beside
+            ``model.pt`` (the size constraint's prior). It has no ``train.json``: the task folder's
+            training config takes MONAI Label's 2D studies; volumes train with the project's command.
         untrained: export the pretrained backbone with an untrained decoder LoRA and prompt (no ``ckpt``),
             the start of a task whose first labels are made in MONAI Label.
     """
@@ -378,7 +401,7 @@ def export_task(
         logger.warning(f"ONNX export skipped: {', '.join(onnx_tools_missing())} not installed "
                        '(install the export tools with `pip install -e ".[export]"`, or pass --no_onnx)')  # fmt: skip
         onnx = False
-    settings = task_settings(config_files, overrides)
+    settings = task_settings(config_files, overrides, volumes)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dest = out_dir / name
@@ -429,6 +452,9 @@ def _write_task(
         untrained_model(config_files, dest / "models" / "model.pt", overrides)
     else:
         shutil.copy(ckpt, dest / "models" / "model.pt")
+        prior = Path(ckpt).parent / "size_prior.json"  # written by volume training: the size constraint's prior
+        if volumes and prior.is_file():
+            shutil.copy(prior, dest / "models" / "size_prior.json")
     (dest / "large_files.yml").write_text(_large_files_yml(dest / "models" / "model.pt", name))
 
     inference = inference_config(settings, volumes)

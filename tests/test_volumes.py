@@ -210,6 +210,28 @@ def test_train_on_volumes_then_segment_a_folder_as_the_issue_states(tmp_path):
         assert mask.shape == source.shape and np.allclose(mask.affine, source.affine, atol=1e-5)
         assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1, 2}
 
+    # exported for MONAI Label / the Model Zoo, the task keeps the volume settings it was trained with
+    # (CT windowing, not volumes.json's MR default; the class names, not an unresolved @structures) and
+    # its size prior, so the exported folder segments exactly as the command above did
+    from bundle.export import export_task
+
+    configs = [str(ROOT / "configs" / "train.json"), str(ROOT / "configs" / "datasets" / "decathlon.json")]
+    overrides = {"structures": {"liver": 6, "spleen": 2}, "modality": "ct", "backbone": "sam_tiny"}
+    task = export_task(models / "model.pt", configs, "abdomen_ct", tmp_path / "dist", overrides=overrides,
+                       torchscript=False, onnx=False, make_zip=False, volumes=True).folder  # fmt: skip
+    exported = json.loads((task / "configs" / "inference.json").read_text())
+    assert exported["modality"] == "ct" and exported["ct_window"] == "abdomen"
+    assert exported["class_names"] == ["liver", "spleen"] and exported["postprocess_components"] == 1
+    assert json.loads((task / "models" / "size_prior.json").read_text()) == prior
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    out = tmp_path / "out_exported"
+    proc = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+                           "--input_dir", str(inputs), "--output_dir", str(out), "--size_constraint", "true"],
+                          cwd=task, env=env, capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    np.testing.assert_array_equal(nib.load(out / "case_3.nii.gz").get_fdata(),
+                                  nib.load(tmp_path / "out_true" / "case_3.nii.gz").get_fdata())  # fmt: skip
+
 
 def test_a_dicom_series_folder_is_one_volume_and_comes_back_on_its_grid(real_data, tmp_path):
     """The shared CT sample's 20-file DICOM series, segmented as a sub-folder of the input folder:
