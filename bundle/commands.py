@@ -40,7 +40,9 @@ def bundle_args(command: str, config_files: Sequence[str], overrides: Mapping | 
     for name, value in (overrides or {}).items():
         if isinstance(value, str):
             text = value
-        elif value is None or isinstance(value, bool):
+        elif value is None:
+            text = "$None"  # monai.bundle drops a plain None override (update_kwargs(ignore_none=True))
+        elif isinstance(value, bool):
             text = repr(value)
         else:
             text = json.dumps(value)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,22 @@ def test_bundle_args_pass_non_strings_as_json():
     args = bundle_args("run training", ["a.json", Path("b.json")], {"shots": 4, "seed": 0, "backbone": "vit_b"})
     assert args == ["run", "training", "--config_file", json.dumps(["a.json", "b.json"]),
                     "--shots", "4", "--seed", "0", "--backbone", "vit_b"]  # fmt: skip
+
+
+def test_a_none_override_reaches_the_config(tmp_path):
+    """``monai.bundle run --key None`` leaves the config's value (MONAI drops None-valued arguments), so a
+    None override is passed as the expression ``$None``; checked through the real command."""
+    assert bundle_args("run", ["a.json"], {"postprocess_components": None})[-2:] == [
+        "--postprocess_components",
+        "$None",
+    ]
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"components": 1, "run": ["$print('components is', repr(@components))"]}))
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, "-m", "monai.bundle", *bundle_args("run", [config], {"components": None})],
+                          cwd=tmp_path, env=env, capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "components is None" in proc.stdout
 
 
 def test_merged_config_merges_files_in_order_then_applies_overrides(tmp_path):
