@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bundle.export import EXPORT_NET_ID, batch_flexible, export_task
+from bundle.export import EXPORT_NET_ID, batch_flexible, export_task, task_settings
 from bundle.networks import BLOSAM
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,6 +106,22 @@ def test_export_writes_a_self_contained_task_bundle_with_matching_exports(tmp_pa
     assert "polyp_task/configs/inference.json" in names and "polyp_task/models/model.pt" in names
     assert "polyp_task/large_files.yml" in names
     assert not {"polyp_task/models/model.ts", "polyp_task/models/model.onnx"} & names
+
+
+def test_a_volume_task_carries_the_volume_settings_it_was_trained_with():
+    """A model trained on CT volumes is exported with its CT window (``volumes.json``'s default is MR),
+    its class names resolved from ``--structures`` (the exported config has no ``structures``), and no
+    training paths; a 2D task exported for volumes gets no modality of its own. The slow contract test
+    in tests/test_volumes.py runs such an export end to end."""
+    decathlon = [str(ROOT / "configs" / "train.json"), str(ROOT / "configs" / "datasets" / "decathlon.json")]
+    overrides = {"structures": {"liver": 6, "spleen": 1}, "modality": "ct", "ct_window": [40, 400]}
+    settings = task_settings(decathlon, overrides, volumes=True)
+    assert settings["modality"] == "ct" and settings["ct_window"] == [40, 400]
+    assert settings["class_names"] == ["liver", "spleen"] and settings["slice_axis"] == "axial"
+    assert settings["postprocess_components"] == 1 and "size_prior_file" not in settings
+    assert "modality" not in task_settings(decathlon, overrides)  # a 2D export of it: no volume settings
+    jsrt = [str(ROOT / "configs" / "train.json"), str(ROOT / "configs" / "datasets" / "jsrt.json")]
+    assert "modality" not in task_settings(jsrt, volumes=True)
 
 
 def test_volume_task_export_segments_a_nifti_slice_by_slice(tmp_path):
