@@ -77,13 +77,12 @@ def task_keys(config_files: list[str] | None = None, volumes: bool = False) -> t
     learnt prompt is the task's too; for a volume task also ``configs/volumes.json``: a model trained on CT
     volumes must be windowed as CT), less :data:`RUN_KEYS` (paths and devices are not carried).
     Derived from the configs, so a new shared setting travels without a list to edit."""
-    configs = PROJECT / "configs"
     training: set[str] = set()
-    for name in config_files or [configs / "train.json"]:
+    for name in config_files or [PROJECT / "configs" / "train.json"]:
         training |= {k for k in json.loads(Path(name).read_text()) if "#" not in k}
     inference: dict = {}
-    for name in ("inference.json", "interactive.json") + (("volumes.json",) if volumes else ()):
-        inference.update(json.loads((configs / name).read_text()))
+    for path in _inference_files(volumes, interactive=True):
+        inference.update(json.loads(path.read_text()))
     return tuple(k for k in inference if k in training and k not in RUN_KEYS)
 
 
@@ -107,14 +106,16 @@ def task_settings(config_files: list[str], overrides: dict | None = None, volume
     config = merged_config(config_files, overrides)
     keys = [k for k in task_keys(config_files, volumes) if k in config]
     known = set(keys) | set(inference_config({}, volumes, interactive=True))
-    settings = {}
+    settings, parser = {}, None
     for key in keys:
         value = config[key]
         refs = {r.split("#")[0] for r in re.findall(r"@([\w#]+)", value)} if isinstance(value, str) else set()
         if refs - known:
-            from monai.bundle import ConfigParser
+            if parser is None:
+                from monai.bundle import ConfigParser
 
-            value = ConfigParser(copy.deepcopy(config)).get_parsed_content(key)
+                parser = ConfigParser(copy.deepcopy(config))  # the parser rewrites its config's ids in place
+            value = parser.get_parsed_content(key)
         settings[key] = value
     return settings
 
@@ -139,13 +140,18 @@ def measured_dice(eval_dir: str | Path) -> dict[str, float]:
     }
 
 
+def _inference_files(volumes: bool, interactive: bool) -> list[Path]:
+    """The inference config files of a task, in merge order."""
+    configs = PROJECT / "configs"
+    files = [configs / "inference.json"] + ([configs / "volumes.json"] if volumes else [])
+    return files + ([configs / "interactive.json"] if interactive else [])
+
+
 def inference_config(settings: dict, volumes: bool = False, interactive: bool = False) -> dict:
     """``configs/inference.json`` with the task's settings and, for a volume task,
     ``configs/volumes.json`` merged in (unresolved, as written); ``interactive``: also
     ``configs/interactive.json`` (a user's box or clicks with the learnt prompt, :mod:`bundle.interactive`)."""
-    configs = PROJECT / "configs"
-    files = [configs / "inference.json"] + ([configs / "volumes.json"] if volumes else [])
-    files += [configs / "interactive.json"] if interactive else []
+    files = _inference_files(volumes, interactive)
     # the zoo's dataset_dir is the default input folder; EXPORT_NET_ID is what the exports trace
     paths = {"dataset_dir": "$@bundle_root + '/sample'", "input_dir": "@dataset_dir",
              EXPORT_NET_ID: {"_target_": "bundle.export.batch_flexible", "net": "@network_def"}}  # fmt: skip
