@@ -122,6 +122,7 @@ class SliceWiseInferer(Inferer):
         progress: show a progress bar over slices.
         axis: the sliced axis (``axial`` = the last, ``coronal``, ``sagittal``, or 0..2).
         context: 1 for 2.5D inputs (the neighbouring slices as channels).
+        flip_vertical: planes upside down, as training took them (``--slice_flip_vertical``).
         backbone: normalise each slice as this backbone expects; ``None`` when the volume already is.
     """
 
@@ -133,14 +134,15 @@ class SliceWiseInferer(Inferer):
         axis: str | int = "axial",
         context: int = 0,
         backbone: str | None = None,
+        flip_vertical: bool | str = False,
     ) -> None:
         super().__init__()
-        from bundle.data.volumes import VolumeSlicer, slice_axis
+        from bundle.data.volumes import VolumeSlicer, slice_axis, switch
 
         self.input_size = int(input_size)
         self.slices_per_batch = slices_per_batch
         self.progress = progress
-        self.slicer = VolumeSlicer(slice_axis(axis), int(context))
+        self.slicer = VolumeSlicer(slice_axis(axis), int(context), switch(flip_vertical, "--slice_flip_vertical"))
         self.normalization = None if backbone is None else backbone_spec(backbone).normalization
 
     def slice_input(self, volume: Tensor, index: int) -> Tensor:

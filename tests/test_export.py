@@ -115,8 +115,9 @@ def test_a_volume_task_carries_the_volume_settings_it_was_trained_with():
     in tests/test_volumes.py runs such an export end to end."""
     decathlon = [str(ROOT / "configs" / "train.json"), str(ROOT / "configs" / "datasets" / "decathlon.json")]
     overrides = {"structures": {"liver": 6, "spleen": 1}, "modality": "ct", "ct_window": [40, 400]}
-    settings = task_settings(decathlon, overrides, volumes=True)
+    settings = task_settings(decathlon, {**overrides, "slice_flip_vertical": True}, volumes=True)
     assert settings["modality"] == "ct" and settings["ct_window"] == [40, 400]
+    assert settings["slice_flip_vertical"] is True  # inference takes the slices as training did
     assert settings["class_names"] == ["liver", "spleen"] and settings["slice_axis"] == "axial"
     assert settings["postprocess_components"] == 1 and "size_prior_file" not in settings
     assert "modality" not in task_settings(decathlon, overrides)  # a 2D export of it: no volume settings

@@ -54,6 +54,8 @@ def test_slices_come_back_on_the_volume_grid():
     assert seen == [(2, 3, 256, 256), (1, 3, 256, 256)]  # grey slices repeated to 3 channels
     corr = np.corrcoef(out[0, 1].flatten().numpy(), vol[0, 0].flatten().numpy())[0, 1]
     assert corr > 0.99
+    flipped = SliceWiseInferer(input_size=256, slices_per_batch=2, flip_vertical="true")(vol, network)
+    assert torch.allclose(flipped, out, atol=1e-4)  # upside down at the network, back on the grid after
     with pytest.raises(ValueError, match="expects B x C x H x W x D"):
         SliceWiseInferer(256)(torch.zeros(1, 1, 8, 8), network)
 

@@ -77,6 +77,12 @@ def test_slicer_planes_are_upright_and_invert_exactly():
     assert torch.equal(coronal[0], volume[0, :, 0, -1])  # superior at the top
     three = VolumeSlicer(2, context=1).image(volume * 10, 0)
     assert three.shape == (3, 4, 3) and torch.equal(three[0], three[1])  # the first slice repeats itself
+    for axis in (0, 1, 2):  # --slice_flip_vertical: the same plane upside down, and back exactly
+        flipped = VolumeSlicer(axis, flip_vertical=True)
+        plane = flipped.plane(volume, 1)
+        assert torch.equal(plane, VolumeSlicer(axis).plane(volume, 1).flip(-2))
+        assert torch.equal(flipped.from_upright(plane), volume.select(1 + axis, 1))
+    assert torch.equal(VolumeSlicer(2, flip_vertical=True).plane(volume, 0)[0][0], volume[0, :, -1, 0])  # P at the top
 
 
 def test_ct_windows_structures_and_bad_settings():
@@ -305,8 +311,8 @@ def test_a_mask_that_does_not_read_back_as_written_is_reported(tmp_path):
         check({"pred": pred})
 
 
-@pytest.mark.parametrize("context", [0, 1])
-def test_a_training_slice_reaches_the_network_as_the_same_slice_does_at_inference(tmp_path, context):
+@pytest.mark.parametrize("context, flip", [(0, False), (1, False), (0, True)])
+def test_a_training_slice_reaches_the_network_as_the_same_slice_does_at_inference(tmp_path, context, flip):
     """The invariant of the volume path: the slice PNG read by the 2D training chain and the slice taken
     from the volume by SliceWiseInferer give the network the same input."""
     from monai.transforms import Compose
@@ -315,14 +321,16 @@ def test_a_training_slice_reaches_the_network_as_the_same_slice_does_at_inferenc
     from bundle.preprocessing import fit_transforms, load_transforms, pad_transforms
 
     items = decathlon_datalist(_decathlon(tmp_path / "data", n=1))
-    slicing = VolumeSlicing({"liver": 6}, modality="ct", context=context, cache_dir=str(tmp_path / "s"))
+    slicing = VolumeSlicing(
+        {"liver": 6}, modality="ct", context=context, flip_vertical=flip, cache_dir=str(tmp_path / "s")
+    )
     chosen = slicing.slices(items)[3]
     index = int(chosen["id"].rsplit("_", 1)[1])
     size = 64
     train = Compose(load_transforms("litemedsam", input_size=size) + fit_transforms(size) + pad_transforms(size))
     x_train = train({"image": chosen["image"]})["image"]
     volume = Compose(volume_load_transforms("ct", "abdomen"))({"image": items[0]["image"]})["image"]
-    inferer = SliceWiseInferer(size, backbone="litemedsam", context=context)
+    inferer = SliceWiseInferer(size, backbone="litemedsam", context=context, flip_vertical=flip)
     x_infer, _ = fit_longest_side(inferer.slice_input(volume.as_tensor(), index)[None], size)
     torch.testing.assert_close(torch.as_tensor(x_train), x_infer[0], atol=1e-5, rtol=0)
 
@@ -346,6 +354,6 @@ def test_a_resumed_volume_run_must_have_the_same_slicing_settings(tmp_path):
 
     base = fingerprint()
     assert fingerprint() == base
-    for change in ({"ct_window": "lung"}, {"slice_axis": "coronal"}, {"slice_context": 1},
+    for change in ({"ct_window": "lung"}, {"slice_axis": "coronal"}, {"slice_context": 1}, {"slice_flip_vertical": True},
                    {"empty_slice_ratio": 0.5}, {"modality": "mr"}, {"dice_present_only": False}, {"structures": {"spleen": 2}}):  # fmt: skip
         assert fingerprint(**change) != base, change

@@ -132,10 +132,15 @@ class VolumeSlicer:
         axis: the array axis sliced (0 sagittal, 1 coronal, 2 axial).
         context: 0 for plain slices (grey, repeated to 3 channels later), 1 for 2.5D (the slice
             before, the slice, the slice after as the three channels; the end slices repeat).
+        flip_vertical: turn every plane upside down as well. For volumes whose header states the
+            anterior-posterior (or superior-inferior) direction wrongly, such as the SABS BTCV volumes,
+            whose axial slices otherwise reach the network with the spine at the top; the pretrained
+            encoder saw slices the right way up.
     """
 
     axis: int = 2
     context: int = 0
+    flip_vertical: bool = False
 
     def __post_init__(self) -> None:
         if self.axis not in (0, 1, 2):
@@ -150,11 +155,12 @@ class VolumeSlicer:
     def upright(self, plane: Tensor) -> Tensor:
         """``... x A x B`` (the two remaining LPS axes in order) -> ``... x rows x columns`` upright."""
         plane = plane.transpose(-1, -2)  # rows: P (axial) or S; columns: L (axial, coronal) or P
-        return plane.flip(-2) if self.axis != 2 else plane  # superior at the top
+        flip = (self.axis != 2) != self.flip_vertical  # superior at the top, unless the header is wrong
+        return plane.flip(-2) if flip else plane
 
     def from_upright(self, plane: Tensor) -> Tensor:
         """The inverse of :meth:`upright`."""
-        plane = plane.flip(-2) if self.axis != 2 else plane
+        plane = plane.flip(-2) if (self.axis != 2) != self.flip_vertical else plane
         return plane.transpose(-1, -2)
 
     def plane(self, volume: Tensor, index: int) -> Tensor:
@@ -301,6 +307,7 @@ class VolumeSlicing:
         modality, ct_window: intensities (see :func:`intensity_transform`).
         axis: ``axial`` (default), ``coronal``, ``sagittal`` or 0..2.
         context: 1 for 2.5D inputs (see :class:`VolumeSlicer`).
+        flip_vertical: planes upside down (see :class:`VolumeSlicer`; ``--slice_flip_vertical``).
         empty_ratio: slices without any structure kept per slice with one (drawn with ``seed``;
             0 keeps none, a large value all).
         seed: the draw of the empty slices.
@@ -313,6 +320,7 @@ class VolumeSlicing:
     ct_window: Any = "abdomen"
     axis: Any = "axial"
     context: int = 0
+    flip_vertical: Any = False
     empty_ratio: float = 0.2
     seed: int = 0
     cache_dir: str = ".cache/slices"
@@ -320,7 +328,8 @@ class VolumeSlicing:
 
     def __post_init__(self) -> None:
         self.value_map = structure_value_map(self.structures)
-        self.slicer = VolumeSlicer(slice_axis(self.axis), int(self.context))
+        flip = switch(self.flip_vertical, "--slice_flip_vertical")
+        self.slicer = VolumeSlicer(slice_axis(self.axis), int(self.context), flip)
         intensity_transform(self.modality, self.ct_window)  # refuse a bad modality or window now
         if self.empty_ratio < 0:
             raise BundleInputError(f"--empty_slice_ratio {self.empty_ratio} must be >= 0")
@@ -388,6 +397,7 @@ class VolumeSlicing:
             "ct_window": list(ct_window(self.ct_window)) if self.modality == "ct" else None,
             "axis": self.slicer.axis,
             "context": self.slicer.context,
+            **({"flip_vertical": True} if self.slicer.flip_vertical else {}),  # earlier slice folders stay valid
             "nonfinite": self.nonfinite,
             "format": 1,
         }

@@ -145,6 +145,8 @@ VOLUME_DATASETS: dict[str, VolumeDataSet] = {
 VARIANTS = {
     "blo-sam": {},
     "blo-sam-2.5d": {"slice_context": 1},  # neighbouring slices as the encoder's channels
+    # SABS BTCV's header points the anterior-posterior axis the wrong way: flipped, its slices are the right way up
+    "blo-sam-flipped": {"slice_flip_vertical": True},
     "blo-sam-dicece": {"dice_present_only": False},  # MONAI's DiceCELoss: absent classes scored on every slice
 }
 TRAINING_ONLY = {"dice_present_only"}  # variant settings the inference configs do not have
@@ -354,7 +356,8 @@ def volume_report(runs: Sequence[VolumeRun], settings: VolumeSettings, report: P
         "3D Dice and HD95 (mm, at each volume's spacing) per structure; a cell is the mean ± std over seeds of "
         "the per-run mean over test volumes. 'k labels' = k labelled volumes in all (no validation volume). "
         "Variants: `blo-sam` the default (a class's Dice term counted on the slices holding it), `blo-sam-dicece` "
-        "MONAI's DiceCELoss (every class scored on every slice), `blo-sam-2.5d` neighbouring slices as channels.",
+        "MONAI's DiceCELoss (every class scored on every slice), `blo-sam-2.5d` neighbouring slices as channels, "
+        "`blo-sam-flipped` every slice upside down (`--slice_flip_vertical`).",
         "",
         f"Finished runs: {len(done)} of {len(runs)} planned.",
         "",

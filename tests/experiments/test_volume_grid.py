@@ -53,6 +53,8 @@ def test_commands_follow_the_command_line_contract(tmp_path):
         volume_commands(VolumeRun("btcv", 2, 1, "blo-sam-2.5d"), settings, "x")["pred"]["overrides"]["slice_context"]
         == 1
     )
+    flipped = volume_commands(VolumeRun("btcv", 2, 1, "blo-sam-flipped"), settings, "x")
+    assert all(flipped[name]["overrides"]["slice_flip_vertical"] is True for name in ("training", "pred", "pred_size"))
     dicece = volume_commands(VolumeRun("btcv", 2, 1, "blo-sam-dicece"), settings, "x")
     assert dicece["training"]["overrides"]["dice_present_only"] is False
     assert "dice_present_only" not in dicece["pred"]["overrides"]  # a training setting only
