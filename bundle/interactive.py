@@ -153,6 +153,18 @@ def sam_prompt(rows: Tensor, scale: float, rows_first: bool) -> tuple[Tensor | N
     return points, labels, box
 
 
+def _flip_rows(rows: Tensor, extent: int) -> Tensor:
+    """Prompt rows with their second index (the upright axial plane's row) mirrored in ``0..extent - 1``;
+    the box's corners swap that index, so its first corner stays the smaller."""
+    rows = rows.clone()
+    rows[:, 1] = extent - 1 - rows[:, 1]
+    low, high = rows[:, 3] == BOX_MIN, rows[:, 3] == BOX_MAX
+    if bool(low.any()) and bool(high.any()):
+        first, last = rows[high, 1][-1].clone(), rows[low, 1][-1].clone()
+        rows[low, 1], rows[high, 1] = first, last
+    return rows
+
+
 class PromptedInferer(Inferer):
     """Logits ``B x 2 x ...`` (background, the prompted class) from the network's learnt prompt plus the
     user's clicks and box stored by :class:`UserPromptd` (none: the learnt prompt alone, as auto-segmentation).
@@ -173,6 +185,8 @@ class PromptedInferer(Inferer):
         clip_to_box: no object outside a user's box (always so with ``clip``).
         backbone: the backbone whose normalisation a volume's slice gets (``configs/volumes.json``
             leaves volumes at 0..255 and normalises per slice).
+        context, flip_vertical: a volume's slice taken as training took it (``--slice_context``,
+            ``--slice_flip_vertical``); the user's clicks and box follow the flip.
     """
 
     def __init__(
@@ -182,10 +196,12 @@ class PromptedInferer(Inferer):
         box: str = "replace",
         clip_to_box: bool = True,
         backbone: str | None = None,
+        context: int = 0,
+        flip_vertical: bool | str = False,
     ) -> None:
         super().__init__()
         # a volume's prompted slice is taken and normalised as SliceWiseInferer takes every slice
-        self.slices = SliceWiseInferer(input_size, backbone=backbone)
+        self.slices = SliceWiseInferer(input_size, backbone=backbone, context=context, flip_vertical=flip_vertical)
         if box not in ("replace", "add", "clip"):
             raise ValueError(f"interactive_box must be 'replace', 'add' or 'clip', got {box!r}")
         self.input_size = int(input_size)
@@ -240,6 +256,8 @@ class PromptedInferer(Inferer):
         if not 0 <= slice_index < depth:
             raise BundleInputError(f"slice {slice_index} is outside the volume's {depth} slices")
         on_slice = rows[(rows[:, 2] == slice_index) | (rows[:, 3] >= BOX_MIN)]
+        if self.slices.slicer.flip_vertical:  # the slice reaches the network upside down: so do the prompts
+            on_slice = _flip_rows(on_slice, volume.shape[-2])
         # the axial plane upright (SliceWiseInferer): rows are the array's second axis, columns its first
         image = torch.stack([self.slices.slice_input(v, slice_index) for v in volume])
         height, width = image.shape[-2:]

@@ -121,12 +121,14 @@ def _with_prompt(image: torch.Tensor, rows: list[list[float]]):
     return MetaTensor(image, meta=meta)
 
 
-def test_a_volume_is_corrected_on_the_prompted_slice_only(tmp_path):
+@pytest.mark.parametrize("flip", [False, True])
+def test_a_volume_is_corrected_on_the_prompted_slice_only(tmp_path, flip):
+    """The box lands where the user drew it, also when the slices reach the network upside down."""
     volume = np.zeros((60, 40, 5), np.float32)
     volume[10:50, 5:30, :] = 100.0
     affine = np.diag([0.8, 0.8, 2.5, 1.0])
     nib.save(nib.Nifti1Image(volume, affine), tmp_path / "ct.nii.gz")
-    parser = _parser(["inference.json", "volumes.json", "interactive.json"], tmp_path)
+    parser = _parser(["inference.json", "volumes.json", "interactive.json"], tmp_path, slice_flip_vertical=flip)
     net = BoxPainter(int(parser.get_parsed_content("input_size")))
     _segment(parser, net, {"image": str(tmp_path / "ct.nii.gz"), "roi": [10, 49, 5, 29, 2, 2], "slice": 2})
     out = nib.load(tmp_path / "out" / "ct.nii.gz")
