@@ -354,6 +354,7 @@ def test_a_resumed_volume_run_must_have_the_same_slicing_settings(tmp_path):
 
     base = fingerprint()
     assert fingerprint() == base
+    assert fingerprint(slice_flip_vertical="false") == base  # as typed on the command line
     for change in ({"ct_window": "lung"}, {"slice_axis": "coronal"}, {"slice_context": 1}, {"slice_flip_vertical": True},
                    {"empty_slice_ratio": 0.5}, {"modality": "mr"}, {"dice_present_only": False}, {"structures": {"spleen": 2}}):  # fmt: skip
         assert fingerprint(**change) != base, change
