@@ -137,12 +137,12 @@ class SliceWiseInferer(Inferer):
         flip_vertical: bool | str = False,
     ) -> None:
         super().__init__()
-        from bundle.data.volumes import VolumeSlicer, slice_axis, switch
+        from bundle.data.volumes import VolumeSlicer, slice_axis
 
         self.input_size = int(input_size)
         self.slices_per_batch = slices_per_batch
         self.progress = progress
-        self.slicer = VolumeSlicer(slice_axis(axis), int(context), switch(flip_vertical, "--slice_flip_vertical"))
+        self.slicer = VolumeSlicer(slice_axis(axis), int(context), flip_vertical)
         self.normalization = None if backbone is None else backbone_spec(backbone).normalization
 
     def slice_input(self, volume: Tensor, index: int) -> Tensor:

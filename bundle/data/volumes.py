@@ -143,6 +143,8 @@ class VolumeSlicer:
     flip_vertical: bool = False
 
     def __post_init__(self) -> None:
+        # one place reads the switch as typed (``true``, ``"false"``, a JSON bool) for every caller
+        object.__setattr__(self, "flip_vertical", switch(self.flip_vertical, "--slice_flip_vertical"))
         if self.axis not in (0, 1, 2):
             raise BundleInputError(f"--slice_axis {self.axis}: use axial, coronal, sagittal (or 2, 1, 0)")
         if self.context not in (0, 1):
@@ -328,8 +330,7 @@ class VolumeSlicing:
 
     def __post_init__(self) -> None:
         self.value_map = structure_value_map(self.structures)
-        flip = switch(self.flip_vertical, "--slice_flip_vertical")
-        self.slicer = VolumeSlicer(slice_axis(self.axis), int(self.context), flip)
+        self.slicer = VolumeSlicer(slice_axis(self.axis), int(self.context), self.flip_vertical)
         intensity_transform(self.modality, self.ct_window)  # refuse a bad modality or window now
         if self.empty_ratio < 0:
             raise BundleInputError(f"--empty_slice_ratio {self.empty_ratio} must be >= 0")
