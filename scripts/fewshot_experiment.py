@@ -121,8 +121,8 @@ def write_report(runs, settings: GridSettings, report: Path, iterations: int) ->
         "each image's original resolution. A cell is the mean ± std over seeds of the per-run mean Dice. "
         "HD95 (pixels) is averaged over cases with a non-empty prediction; "
         "'empty predictions' counts the others. "
-        "The paired test compares BLO-SAM (first order) with each method on the same "
-        "(seed, test case) pairs.",
+        "The paired test compares BLO-SAM (first order) with each method by seed: a paired t-test over the "
+        "per-seed mean Dice (a Wilcoxon signed-rank test over the test cases when only one seed ran).",
         "",
         "Methods: " + "; ".join(f"`{m.name}`: {m.description}" for m in METHODS.values()) + ".",
         "",

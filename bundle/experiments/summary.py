@@ -124,7 +124,7 @@ def paired_test(a: list[RunResult], b: list[RunResult]) -> PairedTest | None:
 def recorded_protocol(results: list[RunResult], root: Path) -> str:
     """One sentence on how the finished runs were made, read from their recorded ``config.json``:
     the labelled images each used (k, or k + validation images) and what the encoder was shown."""
-    settings = set()
+    settings, flips = set(), {}
     for result in results:
         path = result.run.folder(root) / "config.json"
         if result.run.seed is None or not path.is_file():
@@ -133,6 +133,8 @@ def recorded_protocol(results: list[RunResult], root: Path) -> str:
         upright = config.get("upright")  # absent before the bundle showed the encoder upright images
         settings.add((int(config.get("val_size") or 0), upright is not False and upright is not None,
                       str(config.get("prompt", "dense"))))  # fmt: skip
+        if config.get("tta_flips"):
+            flips.setdefault(result.run.dataset, set()).add(json.dumps(config["tta_flips"]))
     parts = []
     for val, upright, prompt in sorted(settings):
         labels = (
@@ -142,6 +144,8 @@ def recorded_protocol(results: list[RunResult], root: Path) -> str:
         )
         view = "upright" if upright else "transposed (the bundle before version 0.2)"
         parts.append(f"{labels}; encoder input {view}; prompt `{prompt}`")
+    for dataset, values in sorted(flips.items()):
+        parts.append(f"{dataset}: flip test-time augmentation `tta_flips` {' / '.join(sorted(values))}")
     return "Runs used: " + " | ".join(parts) + "." if parts else ""
 
 

@@ -20,6 +20,7 @@ from bundle.experiments import (
     paired_test,
     per_seed_table,
     plan_grid,
+    recorded_protocol,
     summary_table,
 )
 from bundle.experiments.grid import run_commands
@@ -127,3 +128,14 @@ def test_per_seed_table_has_a_row_per_seed_and_marks_the_best_method(tmp_path):
     # an unfinished run shows as "-"
     partial = [r for r in collect(runs, tmp_path) if (r.run.seed, r.run.method) != (1, "joint")]
     assert per_seed_table(partial).splitlines()[-1] == "| jsrt | 2 | 1 | **93.0** | - |"
+
+
+def test_recorded_protocol_names_labels_input_prompt_and_test_time_flips(tmp_path):
+    jsrt, kvasir = Run("jsrt", 2, 0, "blo-sam"), Run("kvasir", 4, 0, "blo-sam")
+    for run, flips in ((jsrt, []), (kvasir, [[1]])):
+        _fake_run(tmp_path, run, [0.9], [10.0])
+        config = {"val_size": 0, "upright": True, "prompt": "tokens", "tta_flips": flips}
+        (run.folder(tmp_path) / "config.json").write_text(json.dumps(config))
+    sentence = recorded_protocol(collect([jsrt, kvasir], tmp_path), tmp_path)
+    assert "exactly k labelled images (final weights); encoder input upright; prompt `tokens`" in sentence
+    assert "kvasir: flip test-time augmentation `tta_flips` [[1]]" in sentence and "jsrt:" not in sentence
