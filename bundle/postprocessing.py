@@ -7,7 +7,10 @@ blobs; both cost Dice and, far more, HD95. Per preset (config keys ``postprocess
 - ``keep_components``: MONAI ``KeepLargestConnectedComponent`` with that many components per class
   (2 for "lung": left and right);
 - ``min_size``: MONAI ``RemoveSmallObjects``, the size a fraction of the image's pixels (so the
-  same setting works at every resolution): polyps, teeth.
+  same setting works at every resolution): polyps, teeth;
+- ``min_relative_size``: drop components smaller than a fraction of the same class's largest one
+  (polyps: the stray token-sized blobs a few-shot decoder leaves beside a found polyp, while a small
+  polyp that is the only finding stays).
 
 Applied to the class-index map (1 x spatial) at the original resolution, after ``Invertd`` and the
 argmax, in evaluation, inference, volumes and the MONAI Label path alike.
@@ -23,6 +26,7 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import FillHoles, KeepLargestConnectedComponent, MapTransform, RemoveSmallObjects
+from scipy import ndimage
 
 
 class CleanMaskd(MapTransform):
@@ -34,6 +38,8 @@ class CleanMaskd(MapTransform):
         fill_holes: fill enclosed holes of each class.
         keep_components: keep this many largest components per class (``None``: all).
         min_size: drop components smaller than this fraction of the image's pixels (0: none).
+        min_relative_size: drop components smaller than this fraction of the class's largest component
+            (0: none).
     """
 
     def __init__(
@@ -43,10 +49,11 @@ class CleanMaskd(MapTransform):
         fill_holes: bool = False,
         keep_components: int | None = None,
         min_size: float = 0.0,
+        min_relative_size: float = 0.0,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        labels = list(range(1, int(num_classes) + 1))
+        self.labels = labels = list(range(1, int(num_classes) + 1))
         self.fill = FillHoles(applied_labels=labels) if fill_holes else None
         self.keep = (
             KeepLargestConnectedComponent(applied_labels=labels, is_onehot=False, num_components=int(keep_components))
@@ -56,11 +63,17 @@ class CleanMaskd(MapTransform):
         self.min_size = float(min_size)
         if not 0.0 <= self.min_size < 1.0:
             raise ValueError(f"postprocess_min_size is a fraction of the image (0 <= x < 1), got {min_size}")
+        self.min_relative_size = float(min_relative_size)
+        if not 0.0 <= self.min_relative_size <= 1.0:
+            raise ValueError(
+                f"postprocess_min_relative_size is a fraction of the largest component (0 <= x <= 1), "
+                f"got {min_relative_size}"
+            )
 
     @property
     def active(self) -> bool:
         """Whether this cleans anything."""
-        return bool(self.fill or self.keep or self.min_size)
+        return bool(self.fill or self.keep or self.min_size or self.min_relative_size)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -79,11 +92,40 @@ class CleanMaskd(MapTransform):
             pixels = int(np.prod(labels.shape[1:]))
             # RemoveSmallObjects works per label value when independent_channels is False
             out = RemoveSmallObjects(min_size=max(1, round(self.min_size * pixels)), independent_channels=False)(out)
+        if self.min_relative_size:
+            out = self.drop_relatively_small(out)
         if self.keep is not None:
             out = self.keep(out)
         if self.fill is not None:
             out = self.fill(out)
         return out
+
+    def drop_relatively_small(self, labels: torch.Tensor) -> torch.Tensor:
+        """Set to background the components of each class smaller than ``min_relative_size`` of that
+        class's largest component.
+
+        Written here because MONAI has no such transform: ``RemoveSmallObjects`` takes an absolute size
+        and ``KeepLargestConnectedComponent`` a count. Components are labelled with scipy's
+        ``ndimage.label`` at full connectivity, as ``KeepLargestConnectedComponent`` does by default.
+        """
+        plain = labels.as_tensor() if isinstance(labels, MetaTensor) else torch.as_tensor(labels)
+        values = plain[0].cpu().numpy()
+        keep = np.ones(values.shape, bool)
+        full = np.ones((3,) * values.ndim, bool)
+        for c in self.labels:
+            parts, count = ndimage.label(values == c, structure=full)
+            if count < 2:
+                continue
+            sizes = np.bincount(parts.ravel())[1:]
+            small = np.flatnonzero(sizes < self.min_relative_size * sizes.max()) + 1
+            keep &= ~np.isin(parts, small)
+        if keep.all():
+            return labels
+        cleaned = plain.clone()
+        cleaned[0][torch.from_numpy(~keep).to(cleaned.device)] = 0
+        if isinstance(labels, MetaTensor):
+            return MetaTensor(cleaned, meta=labels.meta, applied_operations=labels.applied_operations)
+        return cleaned
 
 
 class Argmaxd(MapTransform):

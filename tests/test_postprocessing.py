@@ -34,6 +34,27 @@ def test_min_size_is_a_fraction_of_the_image():
     assert torch.equal(same, _lungs())  # nothing asked, nothing changed
 
 
+def test_min_relative_size_drops_blobs_beside_a_large_component_but_keeps_a_lone_small_one():
+    from monai.data import MetaTensor
+
+    pred = torch.zeros(1, 64, 64)
+    pred[0, 10:40, 10:40] = 1  # 900 px
+    pred[0, 50:56, 50:56] = 1  # 36 px: 4% of the largest
+    pred[0, 2:8, 50:60] = 1  # 60 px: 6.7%
+    clean = CleanMaskd("pred", num_classes=1, min_relative_size=0.05)
+    out = clean({"pred": MetaTensor(pred, meta={"filename_or_obj": "case.png"})})["pred"]
+    assert out[0, 50:56, 50:56].max() == 0  # below 5% of the largest: dropped
+    assert out[0, 2:8, 50:60].min() == 1 and out[0, 10:40, 10:40].min() == 1
+    assert isinstance(out, MetaTensor) and out.meta["filename_or_obj"] == "case.png"
+    lone = torch.zeros(1, 64, 64)
+    lone[0, 50:53, 50:53] = 1  # a small polyp that is the only finding stays
+    assert torch.equal(clean({"pred": lone})["pred"], lone)
+    two = torch.zeros(1, 32, 32)
+    two[0, 0:10, 0:10], two[0, 20:22, 20:22] = 1, 2  # each class is measured against its own largest part
+    out = CleanMaskd("pred", num_classes=2, min_relative_size=0.5)({"pred": two})["pred"]
+    assert torch.equal(out, two)
+
+
 def test_enclosed_holes_ignores_background_open_to_the_border():
     assert enclosed_holes(_lungs()[0].numpy() > 0) == 1
     ring = np.zeros((9, 9), bool)
