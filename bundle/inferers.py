@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -214,6 +215,16 @@ class FlipTTAInferer(Inferer):
             return network(inputs, *args, **kwargs)
         probs = torch.softmax(network(inputs, *args, **kwargs).float(), dim=1)
         for dims in self.flips:
-            flipped = network(torch.flip(inputs, dims), *args, **kwargs)
+            # spatial prompts given beside the image (the box bound's ground-truth masks) follow the flip
+            f_args = [self._flip_like(a, inputs, dims) for a in args]
+            f_kwargs = {k: self._flip_like(v, inputs, dims) for k, v in kwargs.items()}
+            flipped = network(torch.flip(inputs, dims), *f_args, **f_kwargs)
             probs = probs + torch.flip(torch.softmax(flipped.float(), dim=1), dims)
         return torch.log((probs / (len(self.flips) + 1)).clamp_min(1e-8))
+
+    @staticmethod
+    def _flip_like(value: Any, inputs: Tensor, dims: list[int]) -> Any:
+        """``value`` flipped along ``dims`` if it is a B x C x H x W map on the input's grid, else as is."""
+        if isinstance(value, Tensor) and value.ndim == inputs.ndim and value.shape[2:] == inputs.shape[2:]:
+            return torch.flip(value, dims)
+        return value

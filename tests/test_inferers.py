@@ -95,6 +95,21 @@ def test_flip_tta_averages_flipped_predictions_and_is_a_no_op_without_flips():
         FlipTTAInferer([[2]])
 
 
+def test_flip_tta_flips_spatial_prompts_with_the_image():
+    """The box bound gets ground-truth masks beside the image: a flipped image needs flipped boxes."""
+    from bundle.inferers import FlipTTAInferer
+
+    def net(x, prompt_masks):  # "object" exactly where the prompt says, whatever the image
+        return torch.cat([-prompt_masks, prompt_masks], 1) * 10
+
+    x = torch.rand(1, 3, 6, 8)
+    prompt = torch.zeros(1, 1, 6, 8)
+    prompt[..., :3] = 1  # an object in the left columns only
+    with torch.no_grad():
+        out = FlipTTAInferer([[1], [0]])(x, net, prompt_masks=prompt)
+    torch.testing.assert_close(out.argmax(1, keepdim=True).float(), prompt)
+
+
 def test_constant_slices_are_predicted_empty():
     from bundle.inferers import empty_if_constant
 
