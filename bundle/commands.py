@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -48,6 +49,20 @@ def bundle_args(command: str, config_files: Sequence[str], overrides: Mapping | 
             text = json.dumps(value)
         args += [f"--{name}", text]
     return args
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM (``kill``, a job scheduler's stop) end this process through ``SystemExit``.
+
+    Python's default SIGTERM action ends the process at once, leaving a bundle command started by
+    :func:`run_bundle` running on as an orphan. As an exception, ``subprocess.run`` kills its child
+    on the way out. For the experiment scripts' ``main``: call it once, from the main thread.
+    """
+
+    def _exit(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
 
 
 def run_bundle(

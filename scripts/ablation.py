@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bundle.commands import exit_on_sigterm  # noqa: E402
 from bundle.experiments import GridSettings  # noqa: E402
 from bundle.experiments.ablation import VARIANTS, ablation_table, run_variant  # noqa: E402
 from bundle.experiments.grid import Run  # noqa: E402
@@ -35,6 +36,7 @@ def main() -> None:
     parser.add_argument("--report", default="docs/results/ablation.md")
     parser.add_argument("--report_only", action="store_true")
     args = parser.parse_args()
+    exit_on_sigterm()  # a stopped runner stops its bundle command too
 
     settings = [(s.split(":")[0], int(s.split(":")[1])) for s in args.settings]
     root = Path(args.out).resolve()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bundle.commands import exit_on_sigterm  # noqa: E402
 from bundle.experiments import figures  # noqa: E402
 from bundle.experiments import (  # noqa: E402
     DATASETS,
@@ -203,6 +204,7 @@ def main() -> None:
     parser.add_argument("--report_only", action="store_true", help="rewrite the report from finished runs")
     parser.add_argument("--keep_going", action="store_true", help="go on after a failed run")
     args = parser.parse_args()
+    exit_on_sigterm()  # a stopped runner stops its bundle command too
     if any(d in VOLUME_DATASETS for d in args.datasets):
         if not all(d in VOLUME_DATASETS for d in args.datasets):
             parser.error("run image and volume data sets separately (their reports differ)")

@@ -23,7 +23,7 @@ import SimpleITK as sitk  # noqa: N813 (the name SimpleITK documents)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bundle.commands import bundle_args, run_bundle  # noqa: E402
+from bundle.commands import bundle_args, exit_on_sigterm, run_bundle  # noqa: E402
 from bundle.data.volumes import volume_datalist  # noqa: E402
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--modality", default="ct", choices=["ct", "mr"])
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more overrides (value as JSON)")
     args = parser.parse_args()
+    exit_on_sigterm()  # a stopped runner stops its bundle command too
     overrides = {
         "input_dir": args.input_dir,
         "output_dir": args.output_dir,

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -62,3 +64,28 @@ def test_run_bundle_returns_output_and_names_the_failing_command(tmp_path):
     with open(log, "w") as f, pytest.raises(RuntimeError, match="see .*log.txt"):
         run_bundle(["verify_metadata", "--meta_file", str(broken), "--filepath", str(schema)], ROOT, log=f)
     assert "Traceback" in log.read_text() or "Error" in log.read_text()
+
+
+def test_sigterm_on_a_runner_stops_the_command_it_started(tmp_path):
+    """A runner stopped with ``kill`` leaves no orphaned child (its training would go on for minutes)."""
+    pid_file = tmp_path / "child.pid"
+    child = tmp_path / "child.py"
+    child.write_text(f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(120)\n")
+    runner = tmp_path / "runner.py"
+    runner.write_text(
+        "import subprocess, sys\n"
+        "from bundle.commands import exit_on_sigterm\n"
+        "exit_on_sigterm()\n"
+        f"subprocess.run([sys.executable, {str(child)!r}], check=True)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, str(runner)], env=env)
+    for _ in range(600):
+        if pid_file.exists() and pid_file.read_text():
+            break
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    proc.terminate()
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    with pytest.raises(ProcessLookupError):  # killed and reaped by the runner on its way out
+        os.kill(child, 0)
