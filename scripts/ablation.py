@@ -17,7 +17,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bundle.commands import exit_on_sigterm  # noqa: E402
 from bundle.experiments import GridSettings  # noqa: E402
-from bundle.experiments.ablation import VARIANTS, ablation_table, run_variant  # noqa: E402
+from bundle.experiments.ablation import (  # noqa: E402
+    VARIANTS,
+    ablation_table,
+    bank_size_figure,
+    bank_size_table,
+    run_variant,
+)
 from bundle.experiments.grid import Run  # noqa: E402
 
 FOLDERS = {"jsrt": "jsrt", "kvasir": "kvasir-seg", "dental": "dental"}
@@ -48,20 +54,20 @@ def main() -> None:
             for name in args.variants:
                 runs = [Run(d, k, seed, "blo-sam") for d, k in settings]
                 failures += run_variant(VARIANTS[name], runs, base)
-                table = ablation_table(root, settings, args.seeds, args.variants)
                 Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-                Path(args.report).write_text(_report(table, args))
-    table = ablation_table(root, settings, args.seeds, args.variants)
-    Path(args.report).write_text(_report(table, args))
-    print(table)
+                Path(args.report).write_text(_report(root, settings, args))
+    text = _report(root, settings, args)
+    Path(args.report).write_text(text)
+    print(text)
     for run, err in failures:
         print(f"FAILED {run.label}: {err.splitlines()[0]}")
     sys.exit(1 if failures else 0)
 
 
-def _report(table: str, args: argparse.Namespace) -> str:
+def _report(root: Path, settings: list[tuple[str, int]], args: argparse.Namespace) -> str:
+    """The report: the single-change table, Dice against bank size (table and figure), the notes."""
     cases = f"the first {args.max_test_cases} test cases" if args.max_test_cases else "the full test split"
-    return "\n".join([
+    lines = [
         "# Accuracy ablation (k-shot)",
         "",
         "Backbone LiteMedSAM; BLO-SAM first order; "
@@ -69,9 +75,18 @@ def _report(table: str, args: argparse.Namespace) -> str:
         "each cell the mean ± std over seeds of the per-run means. 'labels' is the number of labelled "
         "images a run used (k, plus the validation images of the variants that pick the best iteration).",
         "",
-        table,
+        ablation_table(root, settings, args.seeds, args.variants),
         "",
-    ]) + _notes(Path(args.report))  # fmt: skip
+    ]
+    if any(v.startswith("bank-") for v in args.variants):
+        figure = Path(args.report).with_suffix("") / "bank_size.png"
+        lines += ["## Dice against augmentation bank size", "",
+                  "The preset as shipped with banks of other sizes: each labelled image gets that many views "
+                  "(view 0 the image itself), each encoded once in the first pass and then cached.", "",
+                  bank_size_table(root, settings, args.seeds), ""]  # fmt: skip
+        if bank_size_figure(root, settings, args.seeds, figure):
+            lines += [f"![Dice against bank size]({figure.parent.name}/{figure.name})", ""]
+    return "\n".join(lines) + _notes(Path(args.report))
 
 
 def _notes(report: Path) -> str:
