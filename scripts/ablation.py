@@ -82,7 +82,8 @@ def _report(root: Path, settings: list[tuple[str, int]], args: argparse.Namespac
         figure = Path(args.report).with_suffix("") / "bank_size.png"
         lines += ["## Dice against augmentation bank size", "",
                   "The preset as shipped with banks of other sizes: each labelled image gets that many views "
-                  "(view 0 the image itself), each encoded once in the first pass and then cached.", "",
+                  "(view 0 the image itself), each encoded once in the first pass and then cached. Only the seeds "
+                  "that every bank size has run are counted, so the sizes share their support images.", "",
                   bank_size_table(root, settings, args.seeds), ""]  # fmt: skip
         if bank_size_figure(root, settings, args.seeds, figure):
             lines += [f"![Dice against bank size]({figure.parent.name}/{figure.name})", ""]

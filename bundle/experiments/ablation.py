@@ -172,18 +172,22 @@ def ablation_table(root: Path, settings: list[tuple[str, int]], seeds: list[int]
 
 
 def _bank_rows(root: Path, dataset: str, shots: int, seeds: list[int]) -> list[tuple[int, str, list]]:
-    """(bank size, variant, finished runs) of one setting's preset variants, by bank size."""
+    """(bank size, variant, finished runs) of one setting's preset variants, by bank size, on the seeds
+    that every size present has finished (so that sizes are compared on the same support images)."""
     rows = []
     for name in ["all", *(f"bank-{n}" for n in BANK_SIZES)]:
         found = _finished(root / name, dataset, shots, seeds)
         if found:
             rows.append((bank_size(name, dataset), name, found))
-    return sorted(rows, key=lambda row: row[0])
+    common = set.intersection(*({r.seed for r, _ in found} for _, _, found in rows)) if rows else set()
+    rows = [(size, name, [(r, res) for r, res in found if r.seed in common]) for size, name, found in rows]
+    return sorted((row for row in rows if row[2]), key=lambda row: row[0])
 
 
 def bank_size_table(root: Path, settings: list[tuple[str, int]], seeds: list[int]) -> str:
     """Markdown: the preset with banks of 1 to 16 augmented views per image (``all`` is the preset's own):
-    Dice, HD95, training time, and the encoder passes the bank costs (k x bank size, each view once)."""
+    Dice, HD95, training time, and the encoder passes the bank costs (k x bank size, each view once),
+    on the seeds every size has run."""
     lines = [
         "| setting | bank size (views per image) | training encoder passes | seeds | Dice % | HD95 px | train s |",
         "|---|---|---|---|---|---|---|",
