@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bundle.commands import exit_on_sigterm  # noqa: E402
-from bundle.experiments import GridSettings  # noqa: E402
+from bundle.experiments import GridSettings, write_markdown_report  # noqa: E402
 from bundle.experiments.ablation import (  # noqa: E402
     VARIANTS,
     ablation_table,
@@ -54,18 +54,16 @@ def main() -> None:
             for name in args.variants:
                 runs = [Run(d, k, seed, "blo-sam") for d, k in settings]
                 failures += run_variant(VARIANTS[name], runs, base)
-                Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-                Path(args.report).write_text(_report(root, settings, args))
-    text = _report(root, settings, args)
-    Path(args.report).write_text(text)
-    print(text)
+                write_markdown_report(_report_lines(root, settings, args), Path(args.report))
+    print(write_markdown_report(_report_lines(root, settings, args), Path(args.report)))
     for run, err in failures:
         print(f"FAILED {run.label}: {err.splitlines()[0]}")
     sys.exit(1 if failures else 0)
 
 
-def _report(root: Path, settings: list[tuple[str, int]], args: argparse.Namespace) -> str:
-    """The report: the single-change table, Dice against bank size (table and figure), the notes."""
+def _report_lines(root: Path, settings: list[tuple[str, int]], args: argparse.Namespace) -> list[str]:
+    """The report's lines: the single-change table, Dice against bank size (table and figure); the
+    hand-written notes are appended by ``write_markdown_report``."""
     cases = f"the first {args.max_test_cases} test cases" if args.max_test_cases else "the full test split"
     lines = [
         "# Accuracy ablation (k-shot)",
@@ -87,13 +85,7 @@ def _report(root: Path, settings: list[tuple[str, int]], args: argparse.Namespac
                   bank_size_table(root, settings, args.seeds), ""]  # fmt: skip
         if bank_size_figure(root, settings, args.seeds, figure):
             lines += [f"![Dice against bank size]({figure.parent.name}/{figure.name})", ""]
-    return "\n".join(lines) + _notes(Path(args.report))
-
-
-def _notes(report: Path) -> str:
-    """A hand-written reading next to the report (``<stem>_notes.md``), kept across rewrites."""
-    notes = report.with_name(f"{report.stem}_notes.md")
-    return "\n" + notes.read_text() if notes.is_file() else ""
+    return lines
 
 
 if __name__ == "__main__":

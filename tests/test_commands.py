@@ -84,8 +84,8 @@ def test_sigterm_on_a_runner_stops_the_command_it_started(tmp_path):
         if pid_file.exists() and pid_file.read_text():
             break
         time.sleep(0.05)
-    child = int(pid_file.read_text())
+    child_pid = int(pid_file.read_text())
     proc.terminate()
     assert proc.wait(timeout=30) == 128 + signal.SIGTERM
     with pytest.raises(ProcessLookupError):  # killed and reaped by the runner on its way out
-        os.kill(child, 0)
+        os.kill(child_pid, 0)
