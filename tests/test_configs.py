@@ -57,16 +57,17 @@ def test_unknown_backbone_is_a_clear_error():
     assert "Unknown backbone 'vit_q'" in str(err.value.__cause__)
 
 
-@pytest.mark.parametrize("method", ["joint", "decoder-only"])
-def test_single_level_baselines_train_on_d1_and_d2_with_the_same_images_per_iteration(method):
-    from monai.engines import SupervisedTrainer
+@pytest.mark.parametrize(
+    ("method", "files", "overrides"),
+    [("joint", (), {"method": "joint"}), ("decoder-only", (), {"method": "decoder-only"}),
+     ("joint", ("methods/single_level.json",), {})],  # the file older command lines merge
+)  # fmt: skip
+def test_single_level_methods_train_on_d1_and_d2_with_the_same_images_per_iteration(method, files, overrides):
+    from bundle.engines import SingleLevelTrainer
 
-    from bundle.experiments import METHODS
-
-    spec = METHODS[method]
     parser = ConfigParser()
-    parser.read_config([str(ROOT / "configs" / f) for f in ("train.json", *spec.train_files)])
-    parser.update({"bundle_root": str(ROOT), **spec.overrides})
+    parser.read_config([str(ROOT / "configs" / f) for f in ("train.json", *files)])
+    parser.update({"bundle_root": str(ROOT), **overrides})
     split = parser.get_parsed_content("split")
     assert _ids(parser.get_parsed_content("train#lower_dataset").data) == _ids(split.lower) | _ids(split.upper)
     loader = parser.get_parsed_content("train#lower_dataloader")
@@ -77,10 +78,36 @@ def test_single_level_baselines_train_on_d1_and_d2_with_the_same_images_per_iter
     assert {id(p) for p in network.lower_parameters()} <= optimised
     upper = {id(p) for p in network.upper_parameters()}
     assert upper and (upper <= optimised if method == "joint" else not upper & optimised)
-    assert isinstance(parser.get_parsed_content("train#trainer"), SupervisedTrainer)
+    trainer = parser.get_parsed_content("train#trainer")
+    assert isinstance(trainer, SingleLevelTrainer) and trainer.optimizer is parser.get_parsed_content("lower_optimizer")
     # only the scheduler of the optimiser it steps: an unused one would step before its optimiser
     schedulers = [h.lr_scheduler for h in parser.get_parsed_content("train#handlers") if hasattr(h, "lr_scheduler")]
     assert schedulers == [parser.get_parsed_content("lower_lr_scheduler")]
+
+
+def test_blo_sam_method_trains_w_on_d1_and_the_prompt_on_d2():
+    from bundle.engines import BiLevelTrainer
+
+    parser = _parser(method="blo-sam")
+    split = parser.get_parsed_content("split")
+    assert _ids(parser.get_parsed_content("train#lower_dataset").data) == _ids(split.lower)
+    assert parser.get_parsed_content("train#lower_dataloader").batch_size == min(2, len(split.lower))
+    network = parser.get_parsed_content("network")
+    lower = {id(p) for g in parser.get_parsed_content("lower_optimizer").param_groups for p in g["params"]}
+    upper = {id(p) for g in parser.get_parsed_content("upper_optimizer").param_groups for p in g["params"]}
+    assert lower == {id(p) for p in network.lower_parameters()} and upper == {id(p) for p in network.upper_parameters()}
+    assert isinstance(parser.get_parsed_content("train#trainer"), BiLevelTrainer)
+    schedulers = [h.lr_scheduler for h in parser.get_parsed_content("train#handlers") if hasattr(h, "lr_scheduler")]
+    assert len(schedulers) == 2
+
+
+def test_unknown_method_is_a_clear_error():
+    with pytest.raises(RuntimeError) as err:
+        _parser(method="maml").get_parsed_content("train#trainer")
+    cause = err.value
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    assert "--method 'maml' is not a training method; choose one of blo-sam, joint, decoder-only" in str(cause)
 
 
 def test_zoo_config_ids_exist_and_train_dataset_data_drives_both_levels():

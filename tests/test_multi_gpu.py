@@ -38,28 +38,28 @@ def _env() -> dict:
     return dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
 
 
-def _command(tmp: Path, processes: int, hypergradient: str, configs: list[str]) -> list[str]:
+def _command(tmp: Path, processes: int, hypergradient: str, configs: list[str], method: str) -> list[str]:
     launcher = [sys.executable]
     if processes > 1:
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
     return launcher + [
         "-m", "monai.bundle", "run", "training", "--config_file", repr(configs),
         "--backbone", "sam_tiny", "--iterations", str(ITERATIONS), "--val_interval", "3", "--resume_interval", "2",
-        "--batch_size", "2", "--flip_prob", "0", "--hypergradient", hypergradient,
+        "--batch_size", "2", "--flip_prob", "0", "--hypergradient", hypergradient, "--method", method,
         "--ckpt_dir", str(tmp / "models"), "--output_dir", str(tmp / "eval"),
         "--embedding_cache_dir", str(tmp / "cache"),
     ]  # fmt: skip
 
 
 def _train(
-    tmp: Path, processes: int, hypergradient: str, extra_config: dict | None = None
+    tmp: Path, processes: int, hypergradient: str, extra_config: dict | None = None, method: str = "blo-sam"
 ) -> subprocess.CompletedProcess:
     configs = ["configs/train.json"] if processes == 1 else list(MULTI)
     if extra_config is not None:
         (tmp / "extra.json").parent.mkdir(parents=True, exist_ok=True)
         (tmp / "extra.json").write_text(json.dumps(extra_config))
         configs.append(str(tmp / "extra.json"))
-    cmd = _command(tmp, processes, hypergradient, configs)
+    cmd = _command(tmp, processes, hypergradient, configs, method)
     return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
 
 
@@ -70,7 +70,7 @@ def _losses(output_dir: Path) -> dict[str, list[float]]:
     for f in sorted(glob.glob(str(output_dir / "events.out.tfevents.*"))):
         events = EventAccumulator(f)
         events.Reload()
-        for tag in ("lower_loss", "upper_loss", "hypergrad_norm"):
+        for tag in ("lower_loss", "upper_loss", "hypergrad_norm", "loss"):
             if tag in events.Tags()["scalars"]:
                 curves[tag] = [e.value for e in events.Scalars(tag)]
     return curves
@@ -85,15 +85,15 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
 
 
-_RUNS: dict[tuple[int, str], Path] = {}
+_RUNS: dict[tuple[int, str, str], Path] = {}
 
 
-def _finished_run(tmp_factory, processes: int, hypergradient: str) -> Path:
-    """One finished training run per (processes, hypergradient), shared by the tests of this module."""
-    key = (processes, hypergradient)
+def _finished_run(tmp_factory, processes: int, hypergradient: str, method: str = "blo-sam") -> Path:
+    """One finished training run per (processes, hypergradient, method), shared by the tests of this module."""
+    key = (processes, hypergradient, method)
     if key not in _RUNS:
-        tmp = tmp_factory.mktemp(f"run{processes}_{hypergradient}")
-        done = _train(tmp, processes, hypergradient)
+        tmp = tmp_factory.mktemp(f"run{processes}_{hypergradient}_{method}")
+        done = _train(tmp, processes, hypergradient, method=method)
         assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
         _RUNS[key] = tmp
     return _RUNS[key]
@@ -165,6 +165,21 @@ def test_two_gloo_processes_train_as_one_process(tmp_path_factory):
     assert loss_diff <= LOSS_TOL and weight_diff <= WEIGHT_TOL
     events = [glob.glob(str(run / "eval" / "events.out.tfevents.*")) for run in (one, two)]
     assert len(events[0]) == len(events[1]), "the other rank wrote TensorBoard files"
+
+
+@pytest.mark.slow  # two training commands, about a minute on an idle 2-core CPU
+def test_two_gloo_processes_train_the_single_level_method_as_one_process(tmp_path_factory):
+    """--method joint: MONAI's SupervisedTrainer underneath, with the gradient averaging of
+    bundle.engines.SingleLevelTrainer (without it each rank would step on its own half batch)."""
+    one = _finished_run(tmp_path_factory, 1, "first", "joint")
+    two = _finished_run(tmp_path_factory, 2, "first", "joint")
+    curves_one, curves_two = _losses(one / "eval"), _losses(two / "eval")
+    assert "lower_loss" not in curves_one and len(curves_one["loss"]) == len(curves_two["loss"]) == ITERATIONS
+    loss_diff = max(abs(a - b) for a, b in zip(curves_one["loss"], curves_two["loss"], strict=True))
+    weight_diff = _max_diff(_weights(one / "models" / "model_final.pt"), _weights(two / "models" / "model_final.pt"))
+    print(f"\njoint: 2 processes vs 1, {ITERATIONS} iterations: max |loss diff| {loss_diff:.2e} (tol {LOSS_TOL:.0e}), "
+          f"max |weight diff| {weight_diff:.2e} (tol {WEIGHT_TOL:.0e})")  # fmt: skip
+    assert loss_diff <= LOSS_TOL and weight_diff <= WEIGHT_TOL
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from monai.data import MetaTensor
 from bundle.data.volumes import (
     VolumeSlicer,
     VolumeSlicing,
+    all_slices,
     ct_window,
     decathlon_datalist,
     structure_value_map,
@@ -124,6 +125,8 @@ def test_training_slices_are_split_by_volume_and_empty_slices_subsampled(tmp_pat
     assert lower == slicing.halves(items[:3])[0]  # the same draw again (seeded), read from the cache
     one, same = slicing.halves(items[:1])
     assert one == same and {s["volume"] for s in one} == {"case_0"}  # a single volume feeds both levels
+    # a single-level --method trains on every chosen slice once: D1 + D2, or the one volume's slices
+    assert all_slices((lower, upper)) == lower + upper and all_slices((one, same)) == one
     # a label slice holds the structures' own values, read back through the training chain's value map
     from PIL import Image
 
@@ -184,6 +187,22 @@ def test_scores_are_3d_dice_and_hd95_in_mm(tmp_path):
     assert exact["liver"]["dice"] == 1.0 and exact["spleen"]["hd95_mm"] == 0.0
     off = score_volume(tmp_path / "shifted.nii.gz", tmp_path / "label.nii.gz", structures)
     assert off["liver"]["dice"] < 1.0 and off["liver"]["hd95_mm"] == pytest.approx(5.0, abs=0.01)
+
+
+@pytest.mark.parametrize("shots", [1, 2])
+def test_single_level_method_trains_on_each_support_slice_once(tmp_path, shots):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(ROOT / "configs" / "train.json"), str(ROOT / "configs" / "datasets" / "decathlon.json")])
+    parser.update({"bundle_root": str(ROOT), "dataset_dir": str(_decathlon(tmp_path / "data", n=4)), "method": "joint",
+                   "structures": {"liver": 6, "spleen": 2}, "shots": shots, "test_size": 1, "backbone": "sam_tiny",
+                   "slice_dir": str(tmp_path / "slices"), "ckpt_dir": str(tmp_path / "models")})  # fmt: skip
+    lower, upper = parser.get_parsed_content("train#halves")
+    ids = [i["id"] for i in parser.get_parsed_content("train#lower_dataset").data]
+    assert sorted(ids) == sorted({i["id"] for i in lower + upper}) and len(ids) == len(set(ids))
+    assert len({i["volume"] for i in lower + upper}) == shots
+    assert parser.get_parsed_content("train#lower_dataloader").batch_size == 4
 
 
 @pytest.mark.slow  # two whole bundle commands (about a minute)

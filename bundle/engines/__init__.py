@@ -1,4 +1,5 @@
-"""Training engines: the bi-level trainer and its hypergradient variants."""
+"""Training engines: the bi-level trainer and its hypergradient variants, the single-level trainer, and
+the ``method`` key that picks between them."""
 
 from bundle.engines.batches import GroundTruthPromptBatch
 from bundle.engines.bilevel import BiLevelEvents, BiLevelTrainer, loss_items
@@ -16,6 +17,16 @@ from bundle.engines.hypergradient import (
     FirstOrderHypergradient,
     build_hypergradient,
 )
+from bundle.engines.methods import (
+    METHODS,
+    build_trainer,
+    check_method,
+    is_bilevel,
+    main_batch_size,
+    main_items,
+    trained_groups,
+)
+from bundle.engines.single_level import SingleLevelTrainer
 
 __all__ = [
     "BiLevelEvents",
@@ -24,6 +35,14 @@ __all__ = [
     "FiniteDifferenceHypergradient",
     "FirstOrderHypergradient",
     "GroundTruthPromptBatch",
+    "METHODS",
+    "SingleLevelTrainer",
+    "build_trainer",
+    "check_method",
+    "is_bilevel",
+    "main_batch_size",
+    "main_items",
+    "trained_groups",
     "build_hypergradient",
     "destroy_distributed",
     "distributed_device",

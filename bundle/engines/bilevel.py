@@ -27,7 +27,7 @@ from bundle.engines.distributed import average_across_ranks, broadcast_module, i
 from bundle.engines.hypergradient import FirstOrderHypergradient, LowerStep
 
 
-class _DropEpochComplete(logging.Filter):
+class DropEpochComplete(logging.Filter):
     # Ignite logs "Epoch[n] Complete" at INFO; with one iteration per epoch that is one line per
     # iteration, which buries the validation lines. StatsHandler and the progress bar report progress.
     def filter(self, record: logging.LogRecord) -> bool:
@@ -115,7 +115,7 @@ class BiLevelTrainer(Trainer):
         self._upper_iter: Iterator | None = None
         self.lower_step: LowerStep | None = None
         self.scaler: torch.amp.GradScaler | None = None
-        self.logger.addFilter(_DropEpochComplete())
+        self.logger.addFilter(DropEpochComplete())
         self.add_event_handler(Events.STARTED, self._log_variant)
 
     def _log_variant(self, _engine: BiLevelTrainer) -> None:

@@ -41,22 +41,21 @@ class Method:
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("blo-sam", "BLO-SAM, first-order hypergradient (the default)"),
+        Method("blo-sam", "BLO-SAM, first-order hypergradient", overrides={"method": "blo-sam"}),
         Method(
             "blo-sam-2nd",
             "BLO-SAM, second-order (finite-difference) hypergradient",
-            overrides={"hypergradient": "finite_difference"},
+            overrides={"method": "blo-sam", "hypergradient": "finite_difference"},
         ),  # fmt: skip
         Method(
             "joint",
             "single level: LoRA decoder and prompt together on D1+D2 (SAMed-like)",
-            train_files=("methods/single_level.json",),
+            overrides={"method": "joint"},
         ),  # fmt: skip
         Method(
             "decoder-only",
             "single level: LoRA decoder on D1+D2, the prompt not trained (kept at its initial value)",
-            train_files=("methods/single_level.json",),
-            overrides={"single_level_parameters": "$@network.lower_parameters()"},
+            overrides={"method": "decoder-only"},
         ),  # fmt: skip
         Method(
             "zero-shot",

@@ -251,6 +251,7 @@ def volume_commands(run: VolumeRun, settings: VolumeSettings, input_dir: str) ->
         "test_size": data.test_size,
         "seed": run.seed,
         "iterations": settings.iterations,
+        "method": "blo-sam",  # every volume variant is bi-level, whatever train.json's default
         "ckpt_dir": str(folder / "models"),
         "output_dir": str(folder / "train"),
         **({"embedding_cache_dir": settings.embedding_cache_dir} if settings.embedding_cache_dir else {}),

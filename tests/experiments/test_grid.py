@@ -50,7 +50,8 @@ def test_run_commands_are_the_bundle_commands_with_the_method_overlays(tmp_path)
     settings = GridSettings(tmp_path, {"jsrt": "/data/jsrt"}, iterations=50, embedding_cache_dir="/c", max_test_cases=7)
     joint = run_commands(Run("jsrt", 4, 2, "joint"), settings)
     train, evaluate = joint["training"], joint["evaluating"]
-    assert [Path(f).name for f in train["files"]] == ["train.json", "jsrt.json", "single_level.json"]
+    assert [Path(f).name for f in train["files"]] == ["train.json", "jsrt.json"]
+    assert train["overrides"]["method"] == "joint"  # the config key that picks the training method
     assert Path(evaluate["files"][-1]).name == "evaluate.json"
     assert {k: train["overrides"][k] for k in ("shots", "seed", "iterations", "dataset_dir", "embedding_cache_dir")} == {
         "shots": 4, "seed": 2, "iterations": 50, "dataset_dir": "/data/jsrt", "embedding_cache_dir": "/c"}  # fmt: skip
@@ -61,6 +62,7 @@ def test_run_commands_are_the_bundle_commands_with_the_method_overlays(tmp_path)
     assert Path(zero["evaluating"]["files"][-1]).name == "box_prompt.json"
     second = run_commands(Run("jsrt", 2, 0, "blo-sam-2nd"), settings)
     assert second["training"]["overrides"]["hypergradient"] == "finite_difference"
+    assert second["training"]["overrides"]["method"] == "blo-sam"  # named, whatever train.json's default
     merged = merged_config(**second["training"])
     assert merged["hypergradient"] == "finite_difference" and merged["class_names"] == ["lung"]
 
