@@ -25,7 +25,7 @@ def _ids(items) -> set[str]:
 
 
 def test_model_selection_uses_only_the_held_out_validation_set():
-    parser = _parser()
+    parser = _parser(method="blo-sam")
     split = parser.get_parsed_content("split")
     lower, upper, val, test = (_ids(x) for x in (split.lower, split.upper, split.val, split.test))
     assert lower and upper and val and test
@@ -44,7 +44,7 @@ def test_model_selection_uses_only_the_held_out_validation_set():
      ("exact", ExactHypergradient)],
 )  # fmt: skip
 def test_hypergradient_is_a_config_switch(name, cls):
-    trainer_config = _parser(hypergradient=name, fd_radius=0.02)
+    trainer_config = _parser(method="blo-sam", hypergradient=name, fd_radius=0.02)
     hypergradient = trainer_config.get_parsed_content("train#trainer#hypergradient")
     assert isinstance(hypergradient, cls)
     if name == "finite_difference":
@@ -110,11 +110,12 @@ def test_unknown_method_is_a_clear_error():
     assert "--method 'maml' is not a training method; choose one of blo-sam, joint, decoder-only" in str(cause)
 
 
-def test_zoo_config_ids_exist_and_train_dataset_data_drives_both_levels():
+@pytest.mark.parametrize("method", ["blo-sam", "joint"])
+def test_zoo_config_ids_exist_and_train_dataset_data_drives_both_levels(method):
     """MONAI Label's trainer and the Model Zoo's checks set and read these ids."""
     parser = ConfigParser()
     parser.read_config(str(ROOT / "configs" / "train.json"))
-    parser.update({"bundle_root": str(ROOT)})
+    parser.update({"bundle_root": str(ROOT), "method": method})
     for key in (
         "dataset_dir",
         "train#dataset#data",
@@ -134,7 +135,10 @@ def test_zoo_config_ids_exist_and_train_dataset_data_drives_both_levels():
     parser.parse()
     lower = parser.get_parsed_content("train#lower_dataset").data
     upper = parser.get_parsed_content("train#upper_dataset").data
-    assert [i["id"] for i in lower] == [i["id"] for i in labelled[:2]]
+    if method == "blo-sam":
+        assert [i["id"] for i in lower] == [i["id"] for i in labelled[:2]]
+    else:  # one level trains on the whole list
+        assert [i["id"] for i in lower] == [i["id"] for i in labelled]
     assert [i["id"] for i in upper] == [labelled[2]["id"]]
     assert isinstance(
         parser.get_parsed_content("train#trainer").inferer, type(parser.get_parsed_content("train#inferer"))

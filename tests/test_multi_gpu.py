@@ -115,7 +115,8 @@ def test_ranks_share_each_global_batch_of_the_one_process_stream():
         CyclicShuffleSampler(5, 3, num_replicas=2, rank=0, batch_size=3)
 
 
-def test_multi_gpu_config_keeps_writes_and_reports_on_rank_zero(tmp_path, monkeypatch):
+@pytest.mark.parametrize("method", ["blo-sam", "joint"])
+def test_multi_gpu_config_keeps_writes_and_reports_on_rank_zero(tmp_path, monkeypatch, method):
     from ignite.handlers import ProgressBar
     from monai.bundle import ConfigParser
     from monai.handlers import (
@@ -134,18 +135,20 @@ def test_multi_gpu_config_keeps_writes_and_reports_on_rank_zero(tmp_path, monkey
     monkeypatch.setattr(bundle.engines, "is_main_process", lambda: False)
     parser = ConfigParser()
     parser.read_config([str(ROOT / c) for c in MULTI])
-    parser.update({"backbone": "sam_tiny", "output_dir": str(tmp_path / "eval"), "ckpt_dir": str(tmp_path / "models")})
+    parser.update({"backbone": "sam_tiny", "output_dir": str(tmp_path / "eval"), "ckpt_dir": str(tmp_path / "models"),
+                   "method": method})  # fmt: skip
     reports = (StatsHandler, TensorBoardStatsHandler, ProgressBar)
     train = parser.get_parsed_content("train#handlers")
     assert not any(isinstance(h, (*reports, CheckpointSaver)) for h in train), train
     assert any(isinstance(h, ResumableTraining) for h in train) and any(isinstance(h, ValidationHandler) for h in train)
-    assert sum(isinstance(h, LrScheduleHandler) for h in train) == 2
+    assert sum(isinstance(h, LrScheduleHandler) for h in train) == (2 if method == "blo-sam" else 1)
     validate = parser.get_parsed_content("validate#handlers")
     assert not any(isinstance(h, (*reports, CheckpointSaver)) for h in validate), validate
     assert parser.get_parsed_content("embedding_cache").cache_dir is None
     sampler = parser.get_parsed_content("train#lower_sampler")
-    assert (sampler.rank, sampler.num_replicas, sampler.batch_size) == (1, 2, 2)
-    assert parser.get_parsed_content("train#lower_dataloader").batch_size == 1
+    global_batch = 2 if method == "blo-sam" else 4  # one level: D1's and D2's images in one batch
+    assert (sampler.rank, sampler.num_replicas, sampler.batch_size) == (1, 2, global_batch)
+    assert parser.get_parsed_content("train#lower_dataloader").batch_size == global_batch // 2
     assert not (tmp_path / "eval").exists(), "rank 1 created TensorBoard files"
 
 

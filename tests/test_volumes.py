@@ -18,7 +18,6 @@ from monai.data import MetaTensor
 from bundle.data.volumes import (
     VolumeSlicer,
     VolumeSlicing,
-    all_slices,
     ct_window,
     decathlon_datalist,
     structure_value_map,
@@ -126,7 +125,9 @@ def test_training_slices_are_split_by_volume_and_empty_slices_subsampled(tmp_pat
     one, same = slicing.halves(items[:1])
     assert one == same and {s["volume"] for s in one} == {"case_0"}  # a single volume feeds both levels
     # a single-level --method trains on every chosen slice once: D1 + D2, or the one volume's slices
-    assert all_slices((lower, upper)) == lower + upper and all_slices((one, same)) == one
+    from bundle.data import all_labelled
+
+    assert all_labelled((lower, upper)) == lower + upper and all_labelled((one, same)) == one
     # a label slice holds the structures' own values, read back through the training chain's value map
     from PIL import Image
 

@@ -1,6 +1,6 @@
 """Data lists, splits, readers and mask loading for BLO-SAM."""
 
-from bundle.data.fewshot import FewShotSplit, few_shot_split, paper_split, split_halves
+from bundle.data.fewshot import FewShotSplit, all_labelled, few_shot_split, paper_split, split_halves
 from bundle.data.folder import folder_datalist, studies_datalist
 from bundle.data.inputs import image_datalist
 from bundle.data.masks import LoadMaskd
@@ -27,5 +27,6 @@ __all__ = [
     "pil_converter",
     "read_image",
     "split_halves",
+    "all_labelled",
     "studies_datalist",
 ]

@@ -155,3 +155,13 @@ def split_halves(items: Sequence[dict]) -> tuple[list[dict], list[dict]]:
         )
     cut = math.ceil(len(items) / 2)
     return items[:cut], items[cut:]
+
+
+def all_labelled(halves: tuple[Sequence[dict], Sequence[dict]]) -> list[dict]:
+    """Every labelled item of D1 and D2 once, in their order: what a single-level ``--method`` trains on.
+
+    For a list split by :func:`split_halves` this is the list itself; with one labelled volume both
+    halves are the same list (:meth:`bundle.data.volumes.VolumeSlicing.halves`), counted once.
+    """
+    lower, upper = halves
+    return list(lower) if lower is upper else [*lower, *upper]

@@ -300,18 +300,6 @@ def _write_png(array: np.ndarray, path: Path) -> None:
         Image.fromarray(array).save(tmp)
 
 
-def all_slices(halves: Sequence[Sequence[dict]]) -> list[dict]:
-    """Every slice item of D1 and D2 once (with one support volume both halves hold the same
-    slices): what a single-level ``--method`` trains on."""
-    seen: set[str] = set()
-    items = []
-    for item in (*halves[0], *halves[1]):
-        if item["id"] not in seen:
-            seen.add(item["id"])
-            items.append(item)
-    return items
-
-
 @dataclass
 class VolumeSlicing:
     """Few-shot training samples from labelled volumes: the slices, the split into levels, the size prior.

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
+from bundle.data.fewshot import all_labelled
 from bundle.engines.bilevel import BiLevelTrainer
 from bundle.engines.single_level import SingleLevelTrainer
 from bundle.errors import BundleInputError
@@ -46,9 +47,9 @@ def trained_groups(network: Any, method: str, lrs: dict[str, float | None], defa
     return groups
 
 
-def main_items(method: str, halves: Sequence[Sequence[dict]], all_items: Sequence[dict]) -> list[dict]:
-    """Items the main loader draws from: D1 for ``blo-sam``, all k labelled items otherwise."""
-    return list(halves[0]) if is_bilevel(method) else list(all_items)
+def main_items(method: str, halves: tuple[Sequence[dict], Sequence[dict]]) -> list[dict]:
+    """Items the main loader draws from: D1 for ``blo-sam``, every labelled item (D1 and D2) otherwise."""
+    return list(halves[0]) if is_bilevel(method) else all_labelled(halves)
 
 
 def main_batch_size(method: str, batch_size: int, halves: Sequence[Sequence[dict]]) -> int:
