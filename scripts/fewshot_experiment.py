@@ -24,6 +24,7 @@ from bundle.commands import exit_on_sigterm  # noqa: E402
 from bundle.experiments import figures  # noqa: E402
 from bundle.experiments import (  # noqa: E402
     DATASETS,
+    DEFAULT_METHOD,
     METHODS,
     GridSettings,
     collect,
@@ -150,10 +151,11 @@ def write_report(runs, settings: GridSettings, report: Path, iterations: int) ->
                 continue
             curves_png = fig_dir / f"training_{name}_{k}shot.png"
             made.append(figures.training_curves([r.run for r in trained], settings.root, curves_png))
-            blo_sam = [r for r in trained if r.run.method == "blo-sam"]
+            # the cases of the bundle's default method where it ran, else of blo-sam
+            shown = [r for m in (DEFAULT_METHOD, "blo-sam") for r in trained if r.run.method == m][:1]
             cases_png = fig_dir / f"cases_{name}_{k}shot.png"
-            if blo_sam and (blo_sam[0].run.folder(settings.root) / "models" / "model.pt").is_file():
-                made.append(figures.overlay_grid(blo_sam[0], settings.root, cases_png))
+            if shown and (shown[0].run.folder(settings.root) / "models" / "model.pt").is_file():
+                made.append(figures.overlay_grid(shown[0], settings.root, cases_png))
             elif cases_png.is_file():  # a record without checkpoints (as committed) keeps its figure
                 made.append(cases_png)
     lines += ["Figures:", ""] + [f"- `{p.relative_to(report.parent)}`" for p in made if p is not None] + [""]

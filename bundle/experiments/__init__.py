@@ -1,6 +1,6 @@
 """The paper's few-shot protocol as a grid of bundle runs, with its summary table and figures."""
 
-from bundle.experiments.grid import DATASETS, METHODS, GridSettings, Run, execute, plan_grid, run_grid
+from bundle.experiments.grid import DATASETS, DEFAULT_METHOD, METHODS, GridSettings, Run, execute, plan_grid, run_grid
 from bundle.experiments.summary import (
     collect,
     compute_time,
@@ -14,6 +14,7 @@ from bundle.experiments.summary import (
 
 __all__ = [
     "DATASETS",
+    "DEFAULT_METHOD",
     "METHODS",
     "GridSettings",
     "Run",

@@ -38,10 +38,12 @@ class Method:
     seeded: bool = True  # False: no training data involved, one run per data set
 
 
+DEFAULT_METHOD = "joint"  # configs/train.json's "method" (tests/experiments/test_grid.py keeps them equal)
+
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("blo-sam", "BLO-SAM, first-order hypergradient", overrides={"method": "blo-sam"}),
+        Method("blo-sam", "BLO-SAM (bi-level), first-order hypergradient", overrides={"method": "blo-sam"}),
         Method(
             "blo-sam-2nd",
             "BLO-SAM, second-order (finite-difference) hypergradient",
@@ -49,7 +51,7 @@ METHODS: dict[str, Method] = {
         ),  # fmt: skip
         Method(
             "joint",
-            "single level: LoRA decoder and prompt together on D1+D2 (SAMed-like)",
+            "single level: LoRA decoder and prompt together on D1+D2 (SAMed-like; the default)",
             overrides={"method": "joint"},
         ),  # fmt: skip
         Method(

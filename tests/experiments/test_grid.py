@@ -141,3 +141,12 @@ def test_recorded_protocol_names_labels_input_prompt_and_test_time_flips(tmp_pat
     sentence = recorded_protocol(collect([jsrt, kvasir], tmp_path), tmp_path)
     assert "exactly k labelled images (final weights); encoder input upright; prompt `tokens`" in sentence
     assert "kvasir: flip test-time augmentation `tta_flips` [[1]]" in sentence and "jsrt:" not in sentence
+
+
+def test_the_grid_knows_the_bundles_default_method():
+    """The report shows the default method's cases: the grid's name for it is train.json's."""
+    from bundle.commands import merged_config
+    from bundle.experiments import DEFAULT_METHOD, METHODS
+
+    assert merged_config([Path(__file__).resolve().parents[2] / "configs" / "train.json"])["method"] == DEFAULT_METHOD
+    assert METHODS[DEFAULT_METHOD].overrides["method"] == DEFAULT_METHOD
