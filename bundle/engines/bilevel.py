@@ -23,7 +23,7 @@ from monai.transforms import Transform
 from monai.utils import CommonKeys as Keys
 from torch.optim import Optimizer
 
-from bundle.engines.distributed import average_across_ranks, broadcast_module, is_distributed
+from bundle.engines.distributed import average_across_ranks, average_gradients, broadcast_module
 from bundle.engines.hypergradient import FirstOrderHypergradient, LowerStep
 
 
@@ -163,15 +163,6 @@ class BiLevelTrainer(Trainer):
         else:
             optimizer.step()
 
-    def _average_gradients(self, params: list[torch.nn.Parameter]) -> None:
-        if not is_distributed():
-            return
-        # every process must all-reduce the same buffer: a missing gradient counts as zero
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        average_across_ranks([p.grad for p in params])
-
     def _iteration(self, engine: BiLevelTrainer, batchdata: Any) -> dict:
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
@@ -192,7 +183,7 @@ class BiLevelTrainer(Trainer):
             engine.state.output[Keys.LOSS] = loss
             engine.fire_event(IterationEvents.LOSS_COMPLETED)
         (engine.scaler.scale(loss) if engine.scaler is not None else loss).backward()
-        engine._average_gradients(list(engine.network.lower_parameters()))
+        average_gradients(list(engine.network.lower_parameters()))
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
         engine._step(engine.lower_optimizer)
         if needs_lower_step:  # the step's gradient, unscaled (GradScaler.step unscales p.grad in place)

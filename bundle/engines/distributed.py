@@ -123,6 +123,20 @@ def average_across_ranks(tensors: Sequence[Tensor]) -> None:
         offset += n
 
 
+def average_gradients(params: Sequence[torch.nn.Parameter]) -> None:
+    """Average the gradients of ``params`` across processes, in place (a no-op in a single process).
+
+    Every process must all-reduce the same buffers, so a parameter without a gradient (not reached by
+    this rank's backward pass) gets a zero one first.
+    """
+    if not is_distributed():
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    average_across_ranks([p.grad for p in params])
+
+
 def broadcast_module(module: torch.nn.Module) -> None:
     """Copy rank 0's parameters and buffers to every process (what DDP does at construction)."""
     if not is_distributed():

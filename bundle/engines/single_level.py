@@ -13,13 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 
 from bundle.engines.bilevel import DropEpochComplete
-from bundle.engines.distributed import average_across_ranks, broadcast_module, is_distributed
+from bundle.engines.distributed import average_across_ranks, average_gradients, broadcast_module, is_distributed
 
 
 class SingleLevelTrainer(SupervisedTrainer):
@@ -38,14 +37,7 @@ class SingleLevelTrainer(SupervisedTrainer):
         super().run()
 
     def _average_gradients(self, _engine: SingleLevelTrainer) -> None:
-        if not is_distributed():
-            return
-        # every process must all-reduce the same buffers: a missing gradient counts as zero
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        average_across_ranks([p.grad for p in params])
+        average_gradients([p for group in self.optimizer.param_groups for p in group["params"]])
 
     def _average_loss(self, _engine: SingleLevelTrainer) -> None:
         if is_distributed():
