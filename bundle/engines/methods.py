@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import torch
 from torch.optim import Optimizer
 
 from bundle.data.fewshot import all_labelled
@@ -61,39 +60,24 @@ def main_batch_size(method: str, batch_size: int, halves: Sequence[Sequence[dict
 
 def build_trainer(
     method: str,
-    device: str | torch.device,
-    max_epochs: int,
     lower_data_loader: Iterable,
     upper_data_loader: Iterable,
-    network: torch.nn.Module,
     lower_optimizer: Optimizer,
     upper_optimizer: Optimizer,
-    loss_function: Callable,
     hypergradient: Callable | None = None,
-    **kwargs: Any,
+    **common: Any,
 ) -> BiLevelTrainer | SingleLevelTrainer:
     """The engine of ``method``: :class:`BiLevelTrainer` for ``blo-sam``, else a
-    :class:`SingleLevelTrainer` on the main loader and optimiser (the upper ones stay unused).
-    Other keyword arguments (``epoch_length``, ``inferer``, ``train_handlers``, ``amp``, ...) go to both."""
+    :class:`SingleLevelTrainer` on the main (lower) loader and optimiser; the upper ones and the
+    hypergradient stay unused. Every other keyword argument (``device``, ``max_epochs``, ``network``,
+    ``loss_function``, ``inferer``, ``train_handlers``, ``amp``, ...) goes to either engine as is."""
     if is_bilevel(method):
         return BiLevelTrainer(
-            device=device,
-            max_epochs=max_epochs,
             lower_data_loader=lower_data_loader,
             upper_data_loader=upper_data_loader,
-            network=network,
             lower_optimizer=lower_optimizer,
             upper_optimizer=upper_optimizer,
-            loss_function=loss_function,
             hypergradient=hypergradient,
-            **kwargs,
+            **common,
         )
-    return SingleLevelTrainer(
-        device=device,
-        max_epochs=max_epochs,
-        train_data_loader=lower_data_loader,
-        network=network,
-        optimizer=lower_optimizer,
-        loss_function=loss_function,
-        **kwargs,
-    )
+    return SingleLevelTrainer(train_data_loader=lower_data_loader, optimizer=lower_optimizer, **common)
