@@ -378,3 +378,59 @@ def test_a_resumed_volume_run_must_have_the_same_slicing_settings(tmp_path):
     for change in ({"ct_window": "lung"}, {"slice_axis": "coronal"}, {"slice_context": 1}, {"slice_flip_vertical": True},
                    {"empty_slice_ratio": 0.5}, {"modality": "mr"}, {"dice_present_only": False}, {"structures": {"spleen": 2}}):  # fmt: skip
         assert fingerprint(**change) != base, change
+
+
+def test_class_balance_repeats_the_slices_of_rarer_structures(tmp_path):
+    """Repeat factor sampling: every structure drawn about equally often, empty slices once, off by default."""
+    from PIL import Image
+
+    from bundle.data.volumes import class_balanced
+
+    def item(name: str, values: list[int]) -> dict:
+        plane = np.zeros((8, 8), np.uint8)
+        for i, v in enumerate(values):
+            plane[i, :] = v
+        Image.fromarray(plane).save(tmp_path / f"{name}.png")
+        return {"image": name, "label": str(tmp_path / f"{name}.png"), "id": name}
+
+    # liver (6) on 6 slices, kidney (3) on 2 of them and on 1 alone, 2 empty slices
+    items = [item(f"l{i}", [6]) for i in range(4)] + [item("lk0", [6, 3]), item("lk1", [6, 3]), item("k", [3])]
+    items += [item("e0", []), item("e1", [])]
+    out = class_balanced(items, [3, 6])
+    counts = {name: sum(i["id"] == name for i in out) for name in [i["id"] for i in items]}
+    assert counts == {"l0": 1, "l1": 1, "l2": 1, "l3": 1, "lk0": 2, "lk1": 2, "k": 2, "e0": 1, "e1": 1}
+    held = {i["id"]: c for i, c in zip(items, [{6}] * 4 + [{6, 3}] * 2 + [{3}] + [set()] * 2, strict=True)}
+    drawn = {c: sum(c in held[i["id"]] for i in out) for c in (3, 6)}
+    assert drawn == {3: 6, 6: 8}  # the kidney was on 3 of 9 slices, now on 6 of 12
+    assert class_balanced(items[:4], [6]) == items[:4]  # one class: unchanged
+    assert [i["id"] for i in out] == sorted([i["id"] for i in out], key=[i["id"] for i in items].index)  # order kept
+
+    data = decathlon_datalist(_decathlon(tmp_path / "data"))
+    plain = VolumeSlicing({"liver": 6, "spleen": 2}, cache_dir=str(tmp_path / "s")).halves(data[:2])
+    balanced = VolumeSlicing({"liver": 6, "spleen": 2}, class_balance="true", cache_dir=str(tmp_path / "s")).halves(
+        data[:2]
+    )
+    for before, after in zip(plain, balanced, strict=True):
+        assert {i["id"] for i in after} == {i["id"] for i in before} and len(after) >= len(before)
+    assert sum(map(len, balanced)) > sum(map(len, plain))  # the phantoms' spleen is on fewer slices
+    with pytest.raises(BundleInputError, match="--slice_class_balance"):
+        VolumeSlicing({"liver": 6}, class_balance="maybe")
+
+
+def test_slice_class_balance_reaches_the_training_halves_through_the_config(tmp_path):
+    from monai.bundle import ConfigParser
+
+    def halves(balance: str) -> tuple[list[dict], list[dict]]:
+        parser = ConfigParser()
+        parser.read_config(
+            [str(ROOT / "configs" / "train.json"), str(ROOT / "configs" / "datasets" / "decathlon.json")]
+        )
+        parser.update({"bundle_root": str(ROOT), "dataset_dir": str(tmp_path / "data"), "slice_class_balance": balance,
+                       "structures": {"liver": 6, "spleen": 2}, "shots": 2, "test_size": 1, "backbone": "sam_tiny",
+                       "slice_dir": str(tmp_path / "slices"), "ckpt_dir": str(tmp_path / "models")})  # fmt: skip
+        return parser.get_parsed_content("train#halves")
+
+    _decathlon(tmp_path / "data", n=4)
+    plain, balanced = halves("false"), halves("true")
+    assert sum(map(len, balanced)) > sum(map(len, plain))
+    assert [{i["id"] for i in h} for h in balanced] == [{i["id"] for i in h} for h in plain]

@@ -313,6 +313,8 @@ class VolumeSlicing:
         empty_ratio: slices without any structure kept per slice with one (drawn with ``seed``;
             0 keeps none, a large value all).
         seed: the draw of the empty slices.
+        class_balance: repeat the training slices of rarer structures so that every structure is seen
+            about equally often (``--slice_class_balance``; see :func:`class_balanced`). Off by default.
         cache_dir: where each volume's slices are written once (a sub-folder per volume and settings).
         nonfinite: as for :class:`bundle.transforms.FiniteIntensityd`.
     """
@@ -325,6 +327,7 @@ class VolumeSlicing:
     flip_vertical: Any = False
     empty_ratio: float = 0.2
     seed: int = 0
+    class_balance: Any = False
     cache_dir: str = ".cache/slices"
     nonfinite: str = "min"
 
@@ -334,6 +337,7 @@ class VolumeSlicing:
         intensity_transform(self.modality, self.ct_window)  # refuse a bad modality or window now
         if self.empty_ratio < 0:
             raise BundleInputError(f"--empty_slice_ratio {self.empty_ratio} must be >= 0")
+        self.class_balance = switch(self.class_balance, "--slice_class_balance")
 
     def halves(self, volumes: Sequence[dict]) -> tuple[list[dict], list[dict]]:
         """D1 and D2 slice items, split **by volume**: the first ``ceil(n / 2)`` volumes and the rest.
@@ -346,10 +350,14 @@ class VolumeSlicing:
             raise BundleInputError("no labelled volumes to train on (check --dataset_dir and --shots)")
         if len(volumes) == 1:
             logger.warning(f"one labelled volume ({_name(volumes[0])}): D1 and D2 both train on its slices")
-            both = self.slices(volumes)
+            both = self._training(volumes)
             return both, both
         cut = math.ceil(len(volumes) / 2)
-        return self.slices(volumes[:cut]), self.slices(volumes[cut:])
+        return self._training(volumes[:cut]), self._training(volumes[cut:])
+
+    def _training(self, volumes: Sequence[dict]) -> list[dict]:
+        items = self.slices(volumes)
+        return class_balanced(items, sorted(self.value_map), self.seed) if self.class_balance else items
 
     def training_halves(self, volumes: Sequence[dict], prior_file: str | os.PathLike) -> tuple[list[dict], list[dict]]:
         """:meth:`halves` of the support volumes, after writing their size prior to ``prior_file``
@@ -446,6 +454,35 @@ class VolumeSlicing:
         index = {"volume": _name(volume), "spacing_mm": spacing, "sizes_ml": sizes, "slices": slices}
         write_json_atomically(index, index_file)
         return index
+
+
+def class_balanced(items: Sequence[dict], classes: Sequence[int], seed: int = 0) -> list[dict]:
+    """``items`` with the slices of rarer classes repeated, so that every class is drawn about as often.
+
+    The few-shot loaders draw each item once per pass (:class:`bundle.data.CyclicShuffleSampler`), so a
+    class present on few slices (a kidney, against the liver) gets few gradient steps. This is repeat
+    factor sampling (Gupta et al., LVIS, CVPR 2019) on a fixed list: class ``c`` on ``n_c`` of the slices
+    gets the factor ``max(n) / n_c``; a slice takes the largest factor ``r`` of the classes it holds (1
+    if none) and is repeated ``floor(r)`` times, plus once more with probability ``r - floor(r)`` (drawn
+    with ``seed``, so that a factor of 1.4 is not rounded away). The repeats follow their slice, so the
+    list stays seeded and resumable. A list where every class is equally common comes back unchanged.
+
+    Args:
+        items: slice items with a ``label`` PNG (as :meth:`VolumeSlicing.slices` writes them: each
+            structure keeps its label value).
+        classes: the label values to balance (``--structures``' values).
+        seed: the draw of the fractional repeats.
+    """
+    present = [set(np.unique(np.asarray(Image.open(item[LABEL]))).tolist()) & set(classes) for item in items]
+    counts = {c: sum(c in p for p in present) for c in classes}
+    most = max(counts.values(), default=0)
+    factor = {c: most / n for c, n in counts.items() if n}
+    rng = np.random.default_rng([int(seed), len(items)])
+    out: list[dict] = []
+    for item, held in zip(items, present, strict=True):
+        r = max((factor[c] for c in held), default=1.0)
+        out += [item] * (math.floor(r) + int(rng.random() < r - math.floor(r)))
+    return out
 
 
 def _name(volume: Mapping) -> str:
