@@ -148,8 +148,11 @@ VARIANTS = {
     # SABS BTCV's header points the anterior-posterior axis the wrong way: flipped, its slices are the right way up
     "blo-sam-flipped": {"slice_flip_vertical": True},
     "blo-sam-dicece": {"dice_present_only": False},  # MONAI's DiceCELoss: absent classes scored on every slice
+    "blo-sam-balanced": {"slice_class_balance": True},  # rarer structures' slices repeated: each drawn equally often
+    "joint": {"method": "joint"},  # single level: decoder and prompt on all k volumes, the images' default
 }
-TRAINING_ONLY = {"dice_present_only"}  # variant settings the inference configs do not have
+# variant settings the inference configs do not have
+TRAINING_ONLY = {"dice_present_only", "slice_class_balance", "method"}
 
 
 @dataclass(frozen=True)
@@ -251,7 +254,7 @@ def volume_commands(run: VolumeRun, settings: VolumeSettings, input_dir: str) ->
         "test_size": data.test_size,
         "seed": run.seed,
         "iterations": settings.iterations,
-        "method": "blo-sam",  # every volume variant is bi-level, whatever train.json's default
+        "method": "blo-sam",  # bi-level unless the variant says otherwise, whatever train.json's default
         "ckpt_dir": str(folder / "models"),
         "output_dir": str(folder / "train"),
         **({"embedding_cache_dir": settings.embedding_cache_dir} if settings.embedding_cache_dir else {}),
@@ -358,7 +361,9 @@ def volume_report(runs: Sequence[VolumeRun], settings: VolumeSettings, report: P
         "the per-run mean over test volumes. 'k labels' = k labelled volumes in all (no validation volume). "
         "Variants: `blo-sam` the default (a class's Dice term counted on the slices holding it), `blo-sam-dicece` "
         "MONAI's DiceCELoss (every class scored on every slice), `blo-sam-2.5d` neighbouring slices as channels, "
-        "`blo-sam-flipped` every slice upside down (`--slice_flip_vertical`).",
+        "`blo-sam-flipped` every slice upside down (`--slice_flip_vertical`), `blo-sam-balanced` the slices of "
+        "rarer structures repeated so each is drawn about equally often (`--slice_class_balance`), `joint` one "
+        "level: decoder and prompt trained together on every support slice (`--method joint`).",
         "",
         f"Finished runs: {len(done)} of {len(runs)} planned.",
         "",
