@@ -93,17 +93,23 @@ def score_folder(
 ) -> dict:
     """Score every test volume's prediction ``pred_dir/<id>.nii.gz``; write and return the per-case table."""
     cases = {str(i["id"]): score_volume(Path(pred_dir) / f"{i['id']}.nii.gz", i["label"], structures) for i in items}
+    result = summarise_cases(cases, structures)
+    write_json_atomically(result, out_file)
+    return result
+
+
+def summarise_cases(cases: Mapping[str, Mapping[str, dict]], structures: Mapping[str, int]) -> dict:
+    """``score_folder``'s table from per-case scores: the mean Dice (and HD95) of each structure over the
+    cases, and the mean over structures."""
     names = list(structures)
     mean = {n: float(np.mean([c[n]["dice"] for c in cases.values()])) for n in names}
-    result = {
+    return {
         "structures": dict(structures),
-        "cases": cases,
+        "cases": {case: dict(c) for case, c in cases.items()},
         "mean_dice": mean,
         "mean_dice_all": float(np.mean(list(mean.values()))),
         "mean_hd95_mm": {n: float(np.nanmean([c[n]["hd95_mm"] for c in cases.values()])) for n in names},
     }
-    write_json_atomically(result, out_file)
-    return result
 
 
 def load_score(path: str | os.PathLike) -> dict:
@@ -150,7 +156,10 @@ VARIANTS = {
     "blo-sam-dicece": {"dice_present_only": False},  # MONAI's DiceCELoss: absent classes scored on every slice
     "blo-sam-balanced": {"slice_class_balance": True},  # rarer structures' slices repeated: each drawn equally often
     "joint": {"method": "joint"},  # single level: decoder and prompt on all k volumes, the images' default
+    # one binary model per structure, each scored on its own structure: the few-shot CT papers' episodes
+    "blo-sam-per-organ": {"per_structure": True},
 }
+PER_STRUCTURE = "per_structure"  # a runner setting, not a config key
 # variant settings the inference configs do not have
 TRAINING_ONLY = {"dice_present_only", "slice_class_balance", "method"}
 
@@ -242,50 +251,58 @@ def _intensity(data: VolumeDataSet) -> dict:
 
 def volume_commands(run: VolumeRun, settings: VolumeSettings, input_dir: str) -> dict[str, dict]:
     """Training (``train.json`` + ``datasets/decathlon.json``) and inference (``inference.json`` +
-    ``volumes.json``, without and with the size constraint) of ``run``: config files and overrides."""
+    ``volumes.json``, without and with the size constraint) of ``run``: config files and overrides.
+
+    Keys ``training``, ``pred``, ``pred_size``; a per-structure variant has one model per structure, keyed
+    ``training/<name>``, ``pred/<name>``, ``pred_size/<name>``, each in its own sub-folder ``<name>/``.
+    """
     data = VOLUME_DATASETS[run.dataset]
     folder = run.folder(settings.root)
-    variant = VARIANTS[run.variant]
+    variant = {k: v for k, v in VARIANTS[run.variant].items() if k != PER_STRUCTURE}
     common = {**_intensity(data), **{k: v for k, v in variant.items() if k not in TRAINING_ONLY}}
-    train = {
-        "dataset_dir": settings.dataset_dirs[run.dataset],
-        "structures": dict(data.structures),
-        "shots": run.shots,
-        "test_size": data.test_size,
-        "seed": run.seed,
-        "iterations": settings.iterations,
-        "method": "blo-sam",  # bi-level unless the variant says otherwise, whatever train.json's default
-        "ckpt_dir": str(folder / "models"),
-        "output_dir": str(folder / "train"),
-        **({"embedding_cache_dir": settings.embedding_cache_dir} if settings.embedding_cache_dir else {}),
-        **({"slice_dir": settings.slice_dir} if settings.slice_dir else {}),
-        **common,
-        **variant,
-        **settings.extra_overrides,
-    }
+    if VARIANTS[run.variant].get(PER_STRUCTURE):
+        parts = {name: ({name: value}, folder / name) for name, value in data.structures.items()}
+    else:
+        parts = {"": (dict(data.structures), folder)}
     cache = (
         f"$bundle.networks.EmbeddingCache({settings.embedding_cache_dir!r})" if settings.embedding_cache_dir else None
     )
-    infer = {
-        "input_dir": input_dir,
-        "ckpt": str(folder / "models" / "model.pt"),
-        **({"embedding_cache": cache} if cache else {}),
-        **common,
-    }
     configs = PROJECT / "configs"
-    return {
-        "training": {
+    commands = {}
+    for part, (structures, out) in parts.items():
+        suffix = f"/{part}" if part else ""
+        commands["training" + suffix] = {
             "files": [str(configs / "train.json"), str(configs / "datasets/decathlon.json")],
-            "overrides": train,
-        },
-        **{
-            name: {
+            "overrides": {
+                "dataset_dir": settings.dataset_dirs[run.dataset],
+                "structures": structures,
+                "shots": run.shots,
+                "test_size": data.test_size,
+                "seed": run.seed,
+                "iterations": settings.iterations,
+                "method": "blo-sam",  # bi-level unless the variant says otherwise, whatever train.json's default
+                "ckpt_dir": str(out / "models"),
+                "output_dir": str(out / "train"),
+                **({"embedding_cache_dir": settings.embedding_cache_dir} if settings.embedding_cache_dir else {}),
+                **({"slice_dir": settings.slice_dir} if settings.slice_dir else {}),
+                **common,
+                **variant,
+                **settings.extra_overrides,
+            },
+        }
+        for name, constrained in (("pred", False), ("pred_size", True)):
+            commands[name + suffix] = {
                 "files": [str(configs / "inference.json"), str(configs / "volumes.json")],
-                "overrides": {**infer, "output_dir": str(folder / name), "size_constraint": constrained},
+                "overrides": {
+                    "input_dir": input_dir,
+                    "ckpt": str(out / "models" / "model.pt"),
+                    **({"embedding_cache": cache} if cache else {}),
+                    **common,
+                    "output_dir": str(out / name),
+                    "size_constraint": constrained,
+                },
             }
-            for name, constrained in (("pred", False), ("pred_size", True))
-        },
-    }
+    return commands
 
 
 def execute_volume_run(run: VolumeRun, settings: VolumeSettings) -> dict:
@@ -309,20 +326,38 @@ def execute_volume_run(run: VolumeRun, settings: VolumeSettings) -> dict:
     commands = volume_commands(run, settings, input_dir)
     write_json_atomically(commands, folder / "command.json")
     record: dict = {"run": run.__dict__, "test_volumes": len(items)}
+    parts: dict[str, dict[str, dict]] = {"pred": {}, "pred_size": {}}  # per-structure scores to merge
     for key, command in commands.items():
-        usage = folder / f"{key}.usage"
-        args = bundle_args("run training" if key == "training" else "run", command["files"], command["overrides"])
-        with open(folder / f"{key}.log", "a") as log:
+        stage, _, part = key.partition("/")
+        name = key.replace("/", "_")
+        usage, log_file = folder / f"{name}.usage", folder / f"{name}.log"
+        args = bundle_args("run training" if stage == "training" else "run", command["files"], command["overrides"])
+        with open(log_file, "a") as log:
             try:
                 run_bundle(args, PROJECT, log=log, usage=usage)
             except RuntimeError as err:
-                tail = (folder / f"{key}.log").read_text(errors="replace").splitlines()[-15:]
-                raise RuntimeError(f"{run.label}: {key} failed; see {folder / key}.log:\n" + "\n".join(tail)) from err
+                tail = log_file.read_text(errors="replace").splitlines()[-15:]
+                raise RuntimeError(f"{run.label}: {key} failed; see {log_file}:\n" + "\n".join(tail)) from err
         peak_kib, wall = usage.read_text().split()[-2:]
         record[key] = {"seconds": float(wall), "peak_rss_mib": round(int(peak_kib) / 1024, 1)}
-        if key != "training":
-            scores = score_folder(folder / key, items, data.structures, folder / f"{key}_scores.json")
+        if stage != "training":
+            out = Path(command["overrides"]["output_dir"])
+            structures = {part: data.structures[part]} if part else data.structures
+            scores = score_folder(out, items, structures, out.parent / f"{stage}_scores.json")
             record[key]["mean_dice"] = scores["mean_dice_all"]
+            if part:
+                parts[stage][part] = scores
+    if parts["pred"]:  # one model per structure: each scored on its own; the run's table and costs summed up
+        for stage, per in parts.items():
+            cases = {case: {p: per[p]["cases"][case][p] for p in per} for case in per[next(iter(per))]["cases"]}
+            scores = summarise_cases(cases, data.structures)
+            write_json_atomically(scores, folder / f"{stage}_scores.json")
+        for stage in ("training", "pred", "pred_size"):
+            steps = [record[k] for k in commands if k.partition("/")[0] == stage]
+            record[stage] = {"seconds": sum(r["seconds"] for r in steps),
+                             "peak_rss_mib": max(r["peak_rss_mib"] for r in steps)}  # fmt: skip
+            if stage != "training":
+                record[stage]["mean_dice"] = load_score(folder / f"{stage}_scores.json")["mean_dice_all"]
     write_json_atomically(record, done)
     return record
 
@@ -356,7 +391,9 @@ def volume_report(runs: Sequence[VolumeRun], settings: VolumeSettings, report: P
         "Backbone **LiteMedSAM** (the bundle's offline default), slice-wise BLO-SAM: slices of the k support "
         "volumes are the samples, D1/D2 split by volume (with k = 1 both levels train on the one volume), "
         f"empty slices kept at 0.2 per slice with a structure, {settings.iterations} iterations, batch 2 per "
-        "level. All classes of a data set are trained at once (one multi-class model per run). "
+        "level. All classes of a data set are trained at once (one multi-class model per run), except in "
+        "`blo-sam-per-organ`: one binary model per structure, each scored on its own structure, as the few-shot "
+        "CT papers' episodes are. "
         "3D Dice and HD95 (mm, at each volume's spacing) per structure; a cell is the mean ± std over seeds of "
         "the per-run mean over test volumes. 'k labels' = k labelled volumes in all (no validation volume). "
         "Variants: `blo-sam` the default (a class's Dice term counted on the slices holding it), `blo-sam-dicece` "

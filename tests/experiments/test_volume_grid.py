@@ -14,6 +14,7 @@ from bundle.experiments.volumes import (
     VolumeRun,
     VolumeSettings,
     crop_to_structures,
+    execute_volume_run,
     volume_commands,
     volume_report,
 )
@@ -161,3 +162,44 @@ def test_a_development_volume_that_is_a_support_volume_is_refused(tmp_path):
     settings = VolumeSettings(tmp_path / "runs", {"btcv": str(data)}, 1, eval_ids=(support,))
     with pytest.raises(ValueError, match=re.escape(f"development volumes {[support]!r} are support volumes")):
         execute_volume_run(run, settings)
+
+
+def test_one_model_per_structure_is_trained_and_scored_on_its_own_structure(tmp_path, monkeypatch):
+    """``blo-sam-per-organ``: a binary model per structure, in its own sub-folder; each is scored on its
+    structure only and the run's table (and costs) merge the four."""
+    import bundle.commands
+
+    data = _volumes(tmp_path / "data", n=21)
+    settings = VolumeSettings(tmp_path / "runs", {"btcv": str(data)}, 1)
+    run = VolumeRun("btcv", 1, 0, "blo-sam-per-organ")
+    folder = run.folder(settings.root)
+    commands = volume_commands(run, settings, "x")
+    organs = VOLUME_DATASETS["btcv"].structures
+    assert list(commands) == [f"{stage}/{o}" for o in organs for stage in ("training", "pred", "pred_size")]
+    for organ, value in organs.items():
+        train = commands[f"training/{organ}"]["overrides"]
+        assert train["structures"] == {organ: value} and "per_structure" not in train
+        assert train["ckpt_dir"] == str(folder / organ / "models")
+        assert commands[f"pred/{organ}"]["overrides"]["ckpt"] == str(folder / organ / "models" / "model.pt")
+        assert merged_config(commands[f"training/{organ}"]["files"], train)["structures"] == {organ: value}
+
+    def fake_bundle(args, cwd, log=None, usage=None):
+        """Training writes nothing; every model 'segments' the liver as its class 1."""
+        Path(usage).write_text("2048 3.0\n")
+        if args[0] == "run" and args[1] != "training":
+            out = Path(args[args.index("--output_dir") + 1])
+            out.mkdir(parents=True, exist_ok=True)
+            for label in Path(args[args.index("--input_dir") + 1]).parent.joinpath("labels").iterdir():
+                ref = nib.load(label)
+                pred = (np.asarray(ref.dataobj) == 6).astype(np.uint8)
+                nib.save(nib.Nifti1Image(pred, ref.affine), out / label.name)
+        return ""
+
+    monkeypatch.setattr(bundle.commands, "run_bundle", fake_bundle)
+    record = execute_volume_run(run, settings)
+    scores = json.loads((folder / "pred_scores.json").read_text())
+    assert scores["mean_dice"] == {"liver": 1.0, "spleen": 0.0, "left_kidney": 0.0, "right_kidney": 0.0}
+    assert scores["mean_dice_all"] == 0.25 and len(scores["cases"]) == 20
+    assert json.loads((folder / "liver" / "pred_scores.json").read_text())["structures"] == {"liver": 6}
+    assert record["training"] == {"seconds": 12.0, "peak_rss_mib": 2.0}  # four models, summed; the peak
+    assert record["pred"]["mean_dice"] == 0.25 and record["pred_size"]["seconds"] == 12.0
