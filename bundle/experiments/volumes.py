@@ -148,6 +148,7 @@ VOLUME_DATASETS: dict[str, VolumeDataSet] = {
     ),
     "hippocampus": VolumeDataSet("hippocampus", {"anterior": 1, "posterior": 2}, "mr", (1, 4)),
 }
+PER_STRUCTURE = "per_structure"  # a runner setting, not a config key
 VARIANTS = {
     "blo-sam": {},
     "blo-sam-2.5d": {"slice_context": 1},  # neighbouring slices as the encoder's channels
@@ -157,9 +158,8 @@ VARIANTS = {
     "blo-sam-balanced": {"slice_class_balance": True},  # rarer structures' slices repeated: each drawn equally often
     "joint": {"method": "joint"},  # single level: decoder and prompt on all k volumes, the images' default
     # one binary model per structure, each scored on its own structure: the few-shot CT papers' episodes
-    "blo-sam-per-organ": {"per_structure": True},
+    "blo-sam-per-organ": {PER_STRUCTURE: True},
 }
-PER_STRUCTURE = "per_structure"  # a runner setting, not a config key
 # variant settings the inference configs do not have
 TRAINING_ONLY = {"dice_present_only", "slice_class_balance", "method"}
 
@@ -348,16 +348,16 @@ def execute_volume_run(run: VolumeRun, settings: VolumeSettings) -> dict:
             if part:
                 parts[stage][part] = scores
     if parts["pred"]:  # one model per structure: each scored on its own; the run's table and costs summed up
-        for stage, per in parts.items():
-            cases = {case: {p: per[p]["cases"][case][p] for p in per} for case in per[next(iter(per))]["cases"]}
-            scores = summarise_cases(cases, data.structures)
-            write_json_atomically(scores, folder / f"{stage}_scores.json")
         for stage in ("training", "pred", "pred_size"):
             steps = [record[k] for k in commands if k.partition("/")[0] == stage]
             record[stage] = {"seconds": sum(r["seconds"] for r in steps),
                              "peak_rss_mib": max(r["peak_rss_mib"] for r in steps)}  # fmt: skip
-            if stage != "training":
-                record[stage]["mean_dice"] = load_score(folder / f"{stage}_scores.json")["mean_dice_all"]
+            if stage in parts:
+                per = parts[stage]
+                cases = {c: {p: per[p]["cases"][c][p] for p in per} for c in per[next(iter(per))]["cases"]}
+                scores = summarise_cases(cases, data.structures)
+                write_json_atomically(scores, folder / f"{stage}_scores.json")
+                record[stage]["mean_dice"] = scores["mean_dice_all"]
     write_json_atomically(record, done)
     return record
 
