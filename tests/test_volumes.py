@@ -206,6 +206,31 @@ def test_single_level_method_trains_on_each_support_slice_once(tmp_path, shots):
     assert parser.get_parsed_content("train#lower_dataloader").batch_size == 4
 
 
+def test_volume_slices_take_an_augmentation_bank_with_their_labels_kept(tmp_path):
+    """--augmentation_bank on volumes: every support slice comes once per view, the views differ and
+    the labels stay the structures' class values (nearest interpolation), so the bank of the 2D
+    presets works unchanged on CT slices."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(ROOT / "configs" / "train.json"), str(ROOT / "configs" / "datasets" / "decathlon.json")])
+    parser.update({"bundle_root": str(ROOT), "dataset_dir": str(_decathlon(tmp_path / "data", n=3)), "method": "joint",
+                   "structures": {"liver": 6, "spleen": 2}, "shots": 1, "test_size": 1, "backbone": "sam_tiny",
+                   "augmentation": "radiograph_lateral", "augmentation_bank": 3,
+                   "slice_dir": str(tmp_path / "slices"), "ckpt_dir": str(tmp_path / "models")})  # fmt: skip
+    lower, upper = parser.get_parsed_content("train#halves")
+    dataset = parser.get_parsed_content("train#lower_dataset")
+    slices = {i["id"] for i in lower + upper}  # one volume: both levels hold its slices, joint takes each once
+    assert len(dataset) == 3 * len(slices)
+    assert [d["view"] for d in dataset.data[:3]] == [0, 1, 2] and len({d["id"] for d in dataset.data[:3]}) == 1
+    views = [dataset[i] for i in range(3)]
+    assert not torch.equal(views[0]["image"], views[1]["image"]) and not torch.equal(
+        views[1]["image"], views[2]["image"]
+    )
+    for view in views:
+        assert set(torch.unique(torch.as_tensor(view["label"])).tolist()) <= {0.0, 1.0, 2.0}
+
+
 @pytest.mark.slow  # two whole bundle commands (about a minute)
 def test_train_on_volumes_then_segment_a_folder_as_the_issue_states(tmp_path):
     """The command-line contract: train on k labelled volumes (Decathlon layout), then segment a folder;

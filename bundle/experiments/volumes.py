@@ -157,11 +157,13 @@ VARIANTS = {
     "blo-sam-dicece": {"dice_present_only": False},  # MONAI's DiceCELoss: absent classes scored on every slice
     "blo-sam-balanced": {"slice_class_balance": True},  # rarer structures' slices repeated: each drawn equally often
     "joint": {"method": "joint"},  # single level: decoder and prompt on all k volumes, the images' default
+    # joint with 4 seeded views per support slice (small affine + contrast, no flips: kidneys are lateral)
+    "joint-augmented": {"method": "joint", "augmentation": "radiograph_lateral", "augmentation_bank": 4},
     # one binary model per structure, each scored on its own structure: the few-shot CT papers' episodes
     "blo-sam-per-organ": {PER_STRUCTURE: True},
 }
 # variant settings the inference configs do not have
-TRAINING_ONLY = {"dice_present_only", "slice_class_balance", "method"}
+TRAINING_ONLY = {"dice_present_only", "slice_class_balance", "method", "augmentation", "augmentation_bank"}
 
 
 @dataclass(frozen=True)

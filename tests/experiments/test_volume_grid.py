@@ -60,7 +60,12 @@ def test_commands_follow_the_command_line_contract(tmp_path):
     assert dicece["training"]["overrides"]["dice_present_only"] is False
     assert "dice_present_only" not in dicece["pred"]["overrides"]  # a training setting only
     assert merged_config(dicece["training"]["files"], dicece["training"]["overrides"])["dice_present_only"] is False
-    for variant, key, value in (("blo-sam-balanced", "slice_class_balance", True), ("joint", "method", "joint")):
+    for variant, key, value in (
+        ("blo-sam-balanced", "slice_class_balance", True),
+        ("joint", "method", "joint"),
+        ("joint-augmented", "augmentation", "radiograph_lateral"),
+        ("joint-augmented", "augmentation_bank", 4),
+    ):
         c = volume_commands(VolumeRun("btcv", 2, 1, variant), settings, "x")
         assert c["training"]["overrides"][key] == value and key not in c["pred"]["overrides"]  # training only
         assert merged_config(c["training"]["files"], c["training"]["overrides"])[key] == value
