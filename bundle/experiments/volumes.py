@@ -402,7 +402,9 @@ def volume_report(runs: Sequence[VolumeRun], settings: VolumeSettings, report: P
         "MONAI's DiceCELoss (every class scored on every slice), `blo-sam-2.5d` neighbouring slices as channels, "
         "`blo-sam-flipped` every slice upside down (`--slice_flip_vertical`), `blo-sam-balanced` the slices of "
         "rarer structures repeated so each is drawn about equally often (`--slice_class_balance`), `joint` one "
-        "level: decoder and prompt trained together on every support slice (`--method joint`).",
+        "level: decoder and prompt trained together on every support slice (`--method joint`), `joint-augmented` "
+        "joint with a bank of 4 seeded views per support slice (small affine and contrast changes, no flips: "
+        "`--augmentation radiograph_lateral --augmentation_bank 4`).",
         "",
         f"Finished runs: {len(done)} of {len(runs)} planned.",
         "",
