@@ -187,7 +187,7 @@ def main() -> None:
         help="image data sets, or volume data sets (btcv, hippocampus: the volumetric experiment)",
     )
     parser.add_argument("--variants", nargs="+", default=["blo-sam"], choices=list(VARIANTS),
-                        help="volume runs: plain slices, or 2.5D (neighbouring slices as channels)")  # fmt: skip
+                        help="volume runs: how they differ from plain slice-wise BLO-SAM (the report lists each)")  # fmt: skip
     parser.add_argument("--eval_ids", nargs="+", default=[], metavar="ID",
                         help="volume runs: score on these support-pool volumes instead of the test split, to choose "
                         "settings without the test volumes (extra labels: printed, never written to the report)")  # fmt: skip

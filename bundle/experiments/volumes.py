@@ -148,19 +148,40 @@ VOLUME_DATASETS: dict[str, VolumeDataSet] = {
     ),
     "hippocampus": VolumeDataSet("hippocampus", {"anterior": 1, "posterior": 2}, "mr", (1, 4)),
 }
-PER_STRUCTURE = "per_structure"  # a runner setting, not a config key
-VARIANTS = {
-    "blo-sam": {},
-    "blo-sam-2.5d": {"slice_context": 1},  # neighbouring slices as the encoder's channels
-    # SABS BTCV's header points the anterior-posterior axis the wrong way: flipped, its slices are the right way up
-    "blo-sam-flipped": {"slice_flip_vertical": True},
-    "blo-sam-dicece": {"dice_present_only": False},  # MONAI's DiceCELoss: absent classes scored on every slice
-    "blo-sam-balanced": {"slice_class_balance": True},  # rarer structures' slices repeated: each drawn equally often
-    "joint": {"method": "joint"},  # single level: decoder and prompt on all k volumes, the images' default
-    # joint with 4 seeded views per support slice (small affine + contrast, no flips: kidneys are lateral)
-    "joint-augmented": {"method": "joint", "augmentation": "radiograph_lateral", "augmentation_bank": 4},
-    # one binary model per structure, each scored on its own structure: the few-shot CT papers' episodes
-    "blo-sam-per-organ": {PER_STRUCTURE: True},
+
+
+@dataclass(frozen=True)
+class VolumeVariant:
+    """How a volume run differs from plain slice-wise BLO-SAM: config overrides, and what the report says."""
+
+    name: str
+    description: str
+    overrides: dict = field(default_factory=dict)
+    per_structure: bool = False  # True: one binary model per structure, each scored on its own structure
+
+
+VARIANTS: dict[str, VolumeVariant] = {
+    v.name: v
+    for v in (
+        VolumeVariant("blo-sam", "the default (a class's Dice term counted on the slices holding it)"),
+        VolumeVariant("blo-sam-2.5d", "neighbouring slices as the encoder's channels", {"slice_context": 1}),
+        # SABS BTCV's header points the anterior-posterior axis the wrong way: flipped, its slices are the right
+        # way up
+        VolumeVariant("blo-sam-flipped", "every slice upside down (`--slice_flip_vertical`)",
+                      {"slice_flip_vertical": True}),  # fmt: skip
+        VolumeVariant("blo-sam-dicece", "MONAI's DiceCELoss (every class scored on every slice)",
+                      {"dice_present_only": False}),  # fmt: skip
+        VolumeVariant("blo-sam-balanced", "the slices of rarer structures repeated so each is drawn about equally "
+                      "often (`--slice_class_balance`)", {"slice_class_balance": True}),  # fmt: skip
+        VolumeVariant("joint", "one level: decoder and prompt trained together on every support slice "
+                      "(`--method joint`, the images' default)", {"method": "joint"}),  # fmt: skip
+        VolumeVariant("joint-augmented", "`joint` with a bank of 4 seeded views per support slice (small affine "
+                      "and contrast changes, no flips: the kidneys are lateral; `--augmentation radiograph_lateral "
+                      "--augmentation_bank 4`)",
+                      {"method": "joint", "augmentation": "radiograph_lateral", "augmentation_bank": 4}),  # fmt: skip
+        VolumeVariant("blo-sam-per-organ", "one binary model per structure, each scored on its own structure, as "
+                      "the few-shot CT papers' episodes are", per_structure=True),  # fmt: skip
+    )
 }
 # variant settings the inference configs do not have
 TRAINING_ONLY = {"dice_present_only", "slice_class_balance", "method", "augmentation", "augmentation_bank"}
@@ -260,9 +281,9 @@ def volume_commands(run: VolumeRun, settings: VolumeSettings, input_dir: str) ->
     """
     data = VOLUME_DATASETS[run.dataset]
     folder = run.folder(settings.root)
-    variant = {k: v for k, v in VARIANTS[run.variant].items() if k != PER_STRUCTURE}
+    variant = VARIANTS[run.variant].overrides
     common = {**_intensity(data), **{k: v for k, v in variant.items() if k not in TRAINING_ONLY}}
-    if VARIANTS[run.variant].get(PER_STRUCTURE):
+    if VARIANTS[run.variant].per_structure:
         parts = {name: ({name: value}, folder / name) for name, value in data.structures.items()}
     else:
         parts = {"": (dict(data.structures), folder)}
@@ -394,17 +415,10 @@ def volume_report(runs: Sequence[VolumeRun], settings: VolumeSettings, report: P
         "volumes are the samples, D1/D2 split by volume (with k = 1 both levels train on the one volume), "
         f"empty slices kept at 0.2 per slice with a structure, {settings.iterations} iterations, batch 2 per "
         "level. All classes of a data set are trained at once (one multi-class model per run), except in "
-        "`blo-sam-per-organ`: one binary model per structure, each scored on its own structure, as the few-shot "
-        "CT papers' episodes are. "
+        "`blo-sam-per-organ`. "
         "3D Dice and HD95 (mm, at each volume's spacing) per structure; a cell is the mean ± std over seeds of "
         "the per-run mean over test volumes. 'k labels' = k labelled volumes in all (no validation volume). "
-        "Variants: `blo-sam` the default (a class's Dice term counted on the slices holding it), `blo-sam-dicece` "
-        "MONAI's DiceCELoss (every class scored on every slice), `blo-sam-2.5d` neighbouring slices as channels, "
-        "`blo-sam-flipped` every slice upside down (`--slice_flip_vertical`), `blo-sam-balanced` the slices of "
-        "rarer structures repeated so each is drawn about equally often (`--slice_class_balance`), `joint` one "
-        "level: decoder and prompt trained together on every support slice (`--method joint`), `joint-augmented` "
-        "joint with a bank of 4 seeded views per support slice (small affine and contrast changes, no flips: "
-        "`--augmentation radiograph_lateral --augmentation_bank 4`).",
+        "Variants: " + ", ".join(f"`{v.name}` {v.description}" for v in VARIANTS.values()) + ".",
         "",
         f"Finished runs: {len(done)} of {len(runs)} planned.",
         "",

@@ -10,6 +10,7 @@ import numpy as np
 
 from bundle.commands import merged_config
 from bundle.experiments.volumes import (
+    VARIANTS,
     VOLUME_DATASETS,
     VolumeRun,
     VolumeSettings,
@@ -113,6 +114,9 @@ def test_report_tables_and_figures_from_finished_runs(tmp_path):
     assert "| 1 | 0 | blo-sam | 100 | 900 | 10.0 | 1200 |" in text  # 200 s over 20 test volumes
     for png in ("dice_vs_k_btcv.png", "planes_btcv.png"):
         assert (tmp_path / "volumes" / png).stat().st_size > 10_000
+    # every variant the runner takes is described once, from the same record that holds its overrides
+    for variant in VARIANTS.values():
+        assert text.count(f"`{variant.name}` {variant.description}") == 1
 
 
 def test_development_volumes_come_from_the_support_pool_only(tmp_path):
