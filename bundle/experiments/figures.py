@@ -81,7 +81,9 @@ def training_curves(runs: list[Run], root: Path, path: Path) -> Path | None:
     curves = [(run, c) for run, c in curves if c]
     if not curves:
         return None
-    fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(11, 4))
+    validated = any("val_mean_dice" in c for _, c in curves)  # k-only runs have no validation images
+    fig, axes = plt.subplots(1, 2 if validated else 1, figsize=(11 if validated else 6, 4), squeeze=False)
+    ax_loss = axes[0, 0]
     for i, (run, c) in enumerate(curves):
         color = f"C{i}"
         for tag, style in (("lower_loss", "-"), ("upper_loss", ":"), ("loss", "-")):
@@ -89,13 +91,16 @@ def training_curves(runs: list[Run], root: Path, path: Path) -> Path | None:
                 steps, values = c[tag]
                 ax_loss.plot(steps, values, style, color=color, linewidth=0.8, label=f"{run.method} {tag}")
         if "val_mean_dice" in c:
-            ax_dice.plot(*c["val_mean_dice"], "-o", color=color, markersize=2, label=run.method)
+            axes[0, 1].plot(*c["val_mean_dice"], "-o", color=color, markersize=2, label=run.method)
     ax_loss.set_xlabel("iteration")
     ax_loss.set_ylabel("Dice-CE loss")
     ax_loss.legend(fontsize=7)
-    ax_dice.set_xlabel("iteration")
-    ax_dice.set_ylabel("validation Dice")
-    ax_dice.legend(fontsize=7)
+    if validated:
+        axes[0, 1].set_xlabel("iteration")
+        axes[0, 1].set_ylabel("validation Dice")
+        axes[0, 1].legend(fontsize=7)
+    else:
+        ax_loss.set_title("no validation images (k labels only): the final weights are kept", fontsize=8)
     first = curves[0][0]
     fig.suptitle(f"{first.dataset} {first.shots}-shot, seed {first.seed}: training curves")
     fig.tight_layout()

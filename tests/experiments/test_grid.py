@@ -150,3 +150,24 @@ def test_the_grid_knows_the_bundles_default_method():
 
     assert merged_config([Path(__file__).resolve().parents[2] / "configs" / "train.json"])["method"] == DEFAULT_METHOD
     assert METHODS[DEFAULT_METHOD].overrides["method"] == DEFAULT_METHOD
+
+
+@pytest.mark.parametrize("validated", [False, True])
+def test_training_curves_show_a_validation_panel_only_for_runs_that_validated(tmp_path, validated):
+    from PIL import Image
+    from torch.utils.tensorboard import SummaryWriter
+
+    from bundle.experiments.figures import training_curves
+    from bundle.experiments.grid import Run
+
+    run = Run("jsrt", 2, 0, "joint")
+    writer = SummaryWriter(str(run.folder(tmp_path) / "train"))
+    for step in range(1, 6):
+        writer.add_scalar("loss", 1.0 / step, step)
+        if validated:
+            writer.add_scalar("val_mean_dice", 0.5 + 0.05 * step, step)
+    writer.close()
+    png = training_curves([run], tmp_path, tmp_path / "curves.png")
+    width, height = Image.open(png).size
+    # two panels (loss, validation Dice) at 11 x 4 in, one (loss) at 6 x 4 in; 120 dpi
+    assert (width, height) == ((1320, 480) if validated else (720, 480))
