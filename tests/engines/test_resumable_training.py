@@ -4,6 +4,7 @@ ends where an uninterrupted one does; the GradScaler and the CUDA random states 
 from __future__ import annotations
 
 import copy
+import time
 from pathlib import Path
 
 import pytest
@@ -130,6 +131,9 @@ def test_resume_purges_tensorboard_steps_logged_after_the_resumed_iteration(tmp_
     for step in range(1, 11):
         first.add_scalar("lower_loss", 1.0, step)
     first.close()
+    # a resumed attempt is a later process: its event file's name (time stamp, then a per-process writer
+    # count) must sort after the first one's, which two writers made in the same second need not do
+    time.sleep(1.1)
     second = SummaryWriter(log_dir=str(tmp_path))  # the resumed attempt, same folder
     purge_tensorboard(second, 7)
     for step in range(7, 16):
