@@ -281,9 +281,9 @@ def volume_commands(run: VolumeRun, settings: VolumeSettings, input_dir: str) ->
     """
     data = VOLUME_DATASETS[run.dataset]
     folder = run.folder(settings.root)
-    variant = VARIANTS[run.variant].overrides
-    common = {**_intensity(data), **{k: v for k, v in variant.items() if k not in TRAINING_ONLY}}
-    if VARIANTS[run.variant].per_structure:
+    variant = VARIANTS[run.variant]
+    common = {**_intensity(data), **{k: v for k, v in variant.overrides.items() if k not in TRAINING_ONLY}}
+    if variant.per_structure:
         parts = {name: ({name: value}, folder / name) for name, value in data.structures.items()}
     else:
         parts = {"": (dict(data.structures), folder)}
@@ -309,7 +309,7 @@ def volume_commands(run: VolumeRun, settings: VolumeSettings, input_dir: str) ->
                 **({"embedding_cache_dir": settings.embedding_cache_dir} if settings.embedding_cache_dir else {}),
                 **({"slice_dir": settings.slice_dir} if settings.slice_dir else {}),
                 **common,
-                **variant,
+                **variant.overrides,
                 **settings.extra_overrides,
             },
         }
