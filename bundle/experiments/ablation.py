@@ -1,12 +1,12 @@
 """The accuracy ablation: each change of the k-shot work switched on alone, from the previous default.
 
-``before`` reproduces the bundle before these changes (encoder shown transposed images, both flips
-drawn afresh, the paper's dense prompt vector, output upscaling trained at the base lr, raw masks,
-10 extra labelled images to pick the best iteration). Every other variant changes exactly one thing
-from ``before``; ``all`` is the data set's preset as shipped (all changes on); ``bank-<n>`` is the preset
-with a bank of n augmented views per image instead of its own (Dice against bank size). A variant is a set of
-command-line overrides given to both the training and the evaluation command of a grid run, so its
-runs are ordinary grid runs in their own folder (``<out>/<variant>/...``).
+``before`` reproduces the bundle before these changes (encoder shown transposed images, both flips drawn
+afresh, the paper's dense prompt vector, output upscaling trained at the base lr, raw masks, no flip
+test-time augmentation, 10 extra labelled images to pick the best iteration). Every other variant
+changes exactly one thing from ``before``; ``all`` is the data set's preset as shipped (all changes on);
+``bank-<n>`` is the preset with a bank of n augmented views per image instead of its own (Dice against
+bank size). A variant is a set of command-line overrides given to both the training and the evaluation
+command of a grid run, so its runs are ordinary grid runs in their own folder (``<out>/<variant>/...``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from bundle.experiments.summary import RunResult, load_result, mean_std, per_cas
 PRESET_AUGMENTATION = {"jsrt": "radiograph", "kvasir": "endoscopy", "dental": "radiograph"}
 BANK_SIZES = (1, 2, 4, 16)  # with each preset's own 8 (variant ``all``): the Dice against bank size
 RAW_MASKS = {"postprocess_fill_holes": False, "postprocess_components": 0, "postprocess_min_size": 0.0}
+PRESET = "preset"  # a variant's value meaning "the preset's own setting" for keys ``before`` overrides
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class Variant:
 def before_overrides() -> dict:
     """The previous default, on top of the current presets."""
     return {"upright": False, "prompt": "dense", "augmentation": "flips", "augmentation_bank": 0,
-            "train_upscaling": True, "val_size": 10, **RAW_MASKS}  # fmt: skip
+            "train_upscaling": True, "val_size": 10, "tta_flips": [], **RAW_MASKS}  # fmt: skip
 
 
 VARIANTS: dict[str, Variant] = {
@@ -52,7 +53,9 @@ VARIANTS: dict[str, Variant] = {
             "augment", "+ anatomy-aware augmentation, bank of 8", {"augmentation": "preset", "augmentation_bank": 8}
         ),
         Variant("frozen-upscaling", "+ output upscaling frozen", {"train_upscaling": False}),
-        Variant("clean-masks", "+ preset mask clean-up", {"postprocess": "preset"}),
+        Variant("clean-masks", "+ preset mask clean-up", {"postprocess": PRESET}),
+        # only where the preset has test-time flips (Kvasir-SEG); elsewhere it is ``before`` again
+        Variant("tta", "+ preset's flip test-time augmentation", {"tta_flips": PRESET}),
         Variant("k-only", "+ exactly k labels (final weights)", {"val_size": 0}),
         Variant("all", "preset as shipped (all changes)", from_preset=True),
         *(
@@ -87,8 +90,10 @@ def variant_overrides(variant: Variant, dataset: str) -> dict:
         if key == "postprocess":  # back to the preset's own clean-up
             for raw in RAW_MASKS:
                 out.pop(raw)
-        elif key == "augmentation" and value == "preset":
+        elif key == "augmentation" and value == PRESET:
             out[key] = PRESET_AUGMENTATION[dataset]
+        elif value == PRESET:  # back to the preset's own value
+            out.pop(key)
         else:
             out[key] = value
     return out

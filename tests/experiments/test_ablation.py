@@ -45,6 +45,7 @@ def test_each_single_change_differs_from_before_in_exactly_its_own_keys():
         assert changed == expected, name
     assert variant_overrides(VARIANTS["augment"], "kvasir")["augmentation"] == "endoscopy"
     assert variant_overrides(VARIANTS["all"], "jsrt") == {}
+    assert before["tta_flips"] == [] and "tta_flips" not in variant_overrides(VARIANTS["tta"], "kvasir")
 
 
 def test_bank_variants_are_the_preset_with_another_bank_size():
