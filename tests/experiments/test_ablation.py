@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from bundle.commands import merged_config
 from bundle.experiments.ablation import (
     BANK_SIZES,
     RAW_MASKS,
@@ -20,7 +21,7 @@ from bundle.experiments.ablation import (
     preset_bank_size,
     variant_overrides,
 )
-from bundle.experiments.grid import Run
+from bundle.experiments.grid import CONFIGS, Run
 
 
 def _fake_run(root: Path, dataset: str, shots: int, seed: int, dice: float, hd: float, train_s: float) -> None:
@@ -46,6 +47,11 @@ def test_each_single_change_differs_from_before_in_exactly_its_own_keys():
     assert variant_overrides(VARIANTS["augment"], "kvasir")["augmentation"] == "endoscopy"
     assert variant_overrides(VARIANTS["all"], "jsrt") == {}
     assert before["tta_flips"] == [] and "tta_flips" not in variant_overrides(VARIANTS["tta"], "kvasir")
+
+
+def test_raw_masks_switch_off_every_clean_up_key_of_the_bundle():
+    config = merged_config([CONFIGS / "train.json"])
+    assert {k for k in config if k.startswith("postprocess_")} == set(RAW_MASKS)
 
 
 def test_bank_variants_are_the_preset_with_another_bank_size():
