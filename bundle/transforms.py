@@ -75,8 +75,9 @@ def sam_intensity(image: torch.Tensor, mode: str) -> torch.Tensor:
     if lo < 0 or hi > 255:
         img = (img - lo) / torch.clamp(hi - lo, min=1e-8) * 255.0
     shape = (-1,) + (1,) * (img.ndim - 1)
-    mean = torch.tensor(SAM_PIXEL_MEAN[: img.shape[0]]).reshape(shape)
-    std = torch.tensor(SAM_PIXEL_STD[: img.shape[0]]).reshape(shape)
+    # on the image's device: the slice-wise volume inferer normalises slices already on the GPU
+    mean = torch.tensor(SAM_PIXEL_MEAN[: img.shape[0]], device=img.device).reshape(shape)
+    std = torch.tensor(SAM_PIXEL_STD[: img.shape[0]], device=img.device).reshape(shape)
     return (img - mean) / std
 
 

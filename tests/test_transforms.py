@@ -14,7 +14,7 @@ from monai.transforms import Invertd
 from PIL import Image
 
 from bundle.networks.backbones import SAM_PIXEL_MEAN, SAM_PIXEL_STD
-from bundle.transforms import EnsureThreeChannelsd, SamIntensityd
+from bundle.transforms import EnsureThreeChannelsd, SamIntensityd, sam_intensity
 
 ROOT = Path(__file__).resolve().parents[1]
 KVASIR = ROOT / "bundle" / "sample_data" / "kvasir"
@@ -240,3 +240,14 @@ def test_train_flips_keep_image_and_label_aligned() -> None:
         assert float(b[:, ex0:, :].abs().sum()) == 0 and float(b[:, :, ex1:].abs().sum()) == 0
     assert set(torch.unique(torch.as_tensor(flipped["label"])).tolist()) == {0.0, 1.0}
     assert not torch.equal(torch.as_tensor(flipped["label"]), torch.as_tensor(plain["label"]))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+@pytest.mark.parametrize("mode", ["sam", "minmax"])
+def test_sam_intensity_of_a_gpu_slice_stays_on_the_gpu(mode):
+    """The slice-wise volume inferer normalises slices already on the network's device."""
+    image = torch.rand(3, 8, 6, generator=torch.Generator().manual_seed(0)) * 300 - 20
+    on_gpu = sam_intensity(image.cuda(), mode)
+    assert on_gpu.device.type == "cuda"
+    torch.testing.assert_close(on_gpu.cpu(), sam_intensity(image, mode))
