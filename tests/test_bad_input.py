@@ -242,6 +242,17 @@ def test_cuda_device_without_gpu(fails):
     fails(lambda: check_device("cuda"), "--device cuda", "--device cpu")
 
 
+def test_more_torchrun_processes_than_gpus(fails, monkeypatch):
+    from bundle.engines.distributed import distributed_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert distributed_device() == torch.device("cuda:0")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    fails(distributed_device, "--nproc_per_node", "1 CUDA GPU(s)", "local rank 1", "CUDA_VISIBLE_DEVICES")
+
+
 def test_device_that_does_not_exist(fails):
     fails(lambda: check_device("gpu"), "--device gpu")
 

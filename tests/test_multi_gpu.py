@@ -35,7 +35,8 @@ MULTI = ["configs/train.json", "configs/multi_gpu_train.json"]
 
 
 def _env() -> dict:
-    return dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    # CPU processes with gloo also where a GPU is present (two processes on one GPU cannot use NCCL)
+    return dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
 
 
 def _command(tmp: Path, processes: int, hypergradient: str, configs: list[str], method: str) -> list[str]:

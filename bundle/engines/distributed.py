@@ -31,12 +31,25 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from bundle.errors import BundleInputError
+
 
 def distributed_device() -> torch.device:
-    """This process's device: ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
-    return torch.device("cpu")
+    """This process's device: ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU.
+
+    Raises:
+        BundleInputError: more processes on this node than it has GPUs (NCCL needs one GPU per process).
+    """
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    local_rank, count = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
+    if local_rank >= count:
+        raise BundleInputError(
+            f"torchrun --nproc_per_node: this node has {count} CUDA GPU(s) but this process is local rank {local_rank}; "
+            f"start at most {count} process(es) per node, or hide the GPUs (CUDA_VISIBLE_DEVICES='') to train on CPU "
+            "processes with gloo"
+        )
+    return torch.device(f"cuda:{local_rank}")
 
 
 def init_distributed() -> torch.device:
