@@ -66,7 +66,8 @@ def _worker(rank: int, world: int, init_file: str, out: str) -> None:
 
 
 def test_two_processes_compute_the_whole_batch_hypergradient(tmp_path, one_thread):
-    mp.start_processes(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, start_method="fork")
+    # spawn, not fork: a process that has run a CUDA backward (an earlier test in this worker) cannot fork autograd
+    mp.start_processes(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, start_method="spawn")
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     for name in ("first", "finite_difference"):
         whole, shared = ranks[0][name + "_whole"], ranks[0][name + "_shared"]
