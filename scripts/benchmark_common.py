@@ -35,8 +35,10 @@ def run_variants(script: str, variants: list[str], args: list[str]) -> list[dict
     rows = []
     for variant in variants:
         cmd = [sys.executable, script, "--variant", variant, *args]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        rows.append(json.loads(out.strip().splitlines()[-1]))
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"variant {variant} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
     return rows
 

@@ -63,37 +63,43 @@ def prepare(work: Path, images: list[Path], backbone: str) -> Path:
     return work / "dist" / "bench"
 
 
-def run_bare(task: Path, studies: Path, repeats: int) -> dict:
+def run_bare(task: Path, studies: Path, repeats: int, device: str) -> dict:
     """Encoder+decoder forward per image (batch 1) and decoder alone, on the preprocessed tensors."""
     import torch
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config(str(task / "configs" / "inference.json"))
-    parser.update({"bundle_root": str(task), "input_dir": str(studies), "device": "$torch.device('cpu')"})
+    parser.update({"bundle_root": str(task), "input_dir": str(studies), "device": f"$torch.device({device!r})"})
     net = parser.get_parsed_content("network")
-    net.load_state_dict(torch.load(task / "models" / "model.pt", map_location="cpu", weights_only=True))
+    net.load_state_dict(torch.load(task / "models" / "model.pt", map_location=device, weights_only=True))
     net.embedding_cache = None
     net.eval()
     pre = parser.get_parsed_content("preprocessing")
-    tensors = [pre(d)["image"].as_tensor()[None] for d in parser.get_parsed_content("inputs")]
+    tensors = [pre(d)["image"].as_tensor()[None].to(device) for d in parser.get_parsed_content("inputs")]
+
+    def now() -> float:  # GPU work is asynchronous: wait for it before reading the clock
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
     with torch.no_grad():
         net(tensors[0])  # warm-up
         forward, decode = [], []
         for _ in range(repeats):
             for x in tensors:
-                start = time.perf_counter()
+                start = now()
                 emb = net.encode(x)
-                mid = time.perf_counter()
+                mid = now()
                 net.decode(emb)
-                end = time.perf_counter()
+                end = now()
                 forward.append(end - start)
                 decode.append(end - mid)
     return {"variant": "bare", "forward_s": statistics.median(forward), "decode_s": statistics.median(decode),
             "n": len(forward)}  # fmt: skip
 
 
-def run_cli(task: Path, studies: Path, out: Path, batch: int, t_launch: float) -> dict:
+def run_cli(task: Path, studies: Path, out: Path, batch: int, t_launch: float, device: str) -> dict:
     """``python -m monai.bundle run`` (the same ConfigWorkflow it builds), with ignite timestamps."""
     t_main = time.time()
     from ignite.engine import Events
@@ -102,7 +108,7 @@ def run_cli(task: Path, studies: Path, out: Path, batch: int, t_launch: float) -
     t_imports = time.time()
     workflow = ConfigWorkflow(config_file=str(task / "configs" / "inference.json"), workflow_type="infer",
                               bundle_root=str(task), input_dir=str(studies), output_dir=str(out), batch_size=batch,
-                              device="$torch.device('cpu')")  # fmt: skip
+                              device=f"$torch.device({device!r})")  # fmt: skip
     workflow.initialize()
     evaluator = workflow.parser.get_parsed_content("evaluator")
     t_setup = time.time()
@@ -165,7 +171,8 @@ def run_server(task: Path, studies: Path, work: Path, repeats: int) -> dict:
 
 
 def _child(args: argparse.Namespace, variant: str, **extra: str) -> dict:
-    cmd = [sys.executable, __file__, "--variant", variant, "--work", str(args.work), "--repeats", str(args.repeats)]
+    cmd = [sys.executable, __file__, "--variant", variant, "--work", str(args.work), "--repeats", str(args.repeats),
+           "--device", args.device]  # fmt: skip
     for k, v in extra.items():
         cmd += [f"--{k}", str(v)]
     env = dict(os.environ, PYTHONWARNINGS="ignore")
@@ -175,6 +182,14 @@ def _child(args: argparse.Namespace, variant: str, **extra: str) -> dict:
     row = json.loads(proc.stdout.strip().splitlines()[-1])
     print(row, flush=True)
     return row
+
+
+def _hardware(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return f"GPU: {torch.cuda.get_device_name(0)}, CUDA {torch.version.cuda}"
+    return "CPU"
 
 
 def table(args: argparse.Namespace, rows: dict, load: tuple[float, float, float], n: int) -> str:
@@ -190,8 +205,9 @@ def table(args: argparse.Namespace, rows: dict, load: tuple[float, float, float]
     intro = (
         f"{n} images from `{args.images}` (the first {n} in name order), backbone `{args.backbone}`, one "
         "checkpoint made from `BLOSAM(...).state_dict()` and exported as a task (JSRT preset: mask clean-up on), "
-        "so the command line and MONAI Label run the same `configs/inference.json`. CPU "
-        f"({os.cpu_count()} cores, torch {torch.__version__}, `OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '-')}`"
+        "so the command line and MONAI Label run the same `configs/inference.json`. "
+        f"{_hardware(args.device)} ({os.cpu_count()} CPU cores, torch {torch.__version__}, "
+        f"`OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '-')}`"
         f"{', run under `nice`' if os.nice(0) > 0 else ''}), **load average {load[0]:.2f} / {load[1]:.2f} / "
         f"{load[2]:.2f}** (1/5/15 min) at the start (above 0 when other jobs ran, or had just ended: absolute "
         "times are then inflated; a few percent between rows is noise); compare ratios. Bare rows: medians over "
@@ -259,6 +275,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--no_server", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda for the bare and command-line rows")
     parser.add_argument("--out", default="docs/results/benchmark_inference.md")
     parser.add_argument("--rows", type=Path, help="rewrite the table from a run's printed rows (its log) and load")
     parser.add_argument("--load", type=float, nargs=3, help=argparse.SUPPRESS)
@@ -270,9 +287,9 @@ def main() -> None:
     if args.variant:
         task, studies = args.work / "dist" / "bench", args.work / "studies"
         if args.variant == "bare":
-            row = run_bare(task, studies, args.repeats)
+            row = run_bare(task, studies, args.repeats, args.device)
         elif args.variant == "cli":
-            row = run_cli(task, studies, args.work / f"out_b{args.batch}", args.batch, args.t_launch)
+            row = run_cli(task, studies, args.work / f"out_b{args.batch}", args.batch, args.t_launch, args.device)
         else:
             row = run_server(task, studies, args.work, args.repeats)
         print(json.dumps(row))
