@@ -13,6 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+# the project root, so that `bundle` imports in a checkout that is not pip-installed (as the other scripts do)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 
 def peak_memory_mib(device: str) -> tuple[float, float | None]:
     """(peak resident memory of this process, peak CUDA memory allocated or None), in MiB."""
