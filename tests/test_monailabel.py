@@ -570,7 +570,7 @@ def test_monai_labels_runs_are_seeded_and_train_the_same_model_from_the_same_lab
     """The same 4 labels, listed in two orders with another held-out image (MONAI Label's random val_split),
     and read by the command line from the studies folder, train bit-identical weights: the run is seeded,
     and neither the halves nor the augmented views depend on the order or on the items' ids. On the CPU also
-    where a GPU is present: CUDA's atomic adds are not bit-repeatable (tests/test_resume.py bounds them)."""
+    where a GPU is present: CUDA runs are not bit-identical (tests/test_resume.py bounds their spread)."""
     items = _studies(tmp_path / "studies", 6, {0: 1, 2: 255, 3: 1, 5: 255})
     weights = []
     for name, train, val in (("a", items[:3], items[3:]), ("b", [items[3], items[0], items[1]], [items[2]])):
