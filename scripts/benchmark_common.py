@@ -11,6 +11,7 @@ import platform
 import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 # the project root, so that `bundle` imports in a checkout that is not pip-installed (as the other scripts do)
@@ -23,6 +24,15 @@ def peak_memory_mib(device: str) -> tuple[float, float | None]:
 
     gpu = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, gpu
+
+
+def clock(device: str) -> float:
+    """``time.perf_counter()`` once the device's queued work is done (CUDA runs asynchronously)."""
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter()
 
 
 def device_name(device: str) -> str:

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
-from benchmark_common import device_name, peak_memory_mib, run_variants, write_table
+from benchmark_common import clock, device_name, peak_memory_mib, run_variants, write_table
 
 
 def run_variant(variant: str, backbone: str, steps: int, batch: int, device: str) -> dict:
@@ -37,16 +36,13 @@ def run_variant(variant: str, backbone: str, steps: int, batch: int, device: str
             opt.step()
 
     step()  # warm-up: fills the cache in the cached variant
+    start = clock(device)
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
     for _ in range(steps):
         step()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    seconds = (clock(device) - start) / steps
     rss, gpu = peak_memory_mib(device)
-    seconds = (time.perf_counter() - start) / steps
     return {"variant": variant, "seconds_per_step": seconds, "peak_rss_mib": rss, "peak_gpu_mib": gpu}
 
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
-from benchmark_common import device_name, peak_memory_mib, run_variants, write_table
+from benchmark_common import clock, device_name, peak_memory_mib, run_variants, write_table
 
 VARIANTS = ["first", "finite_difference", "exact"]
 
@@ -50,9 +49,7 @@ def run_variant(variant: str, backbone: str, iterations: int, batch: int, device
     norms: list[float] = []
 
     def mark(engine) -> None:
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        marks.append(time.perf_counter())
+        marks.append(clock(device))
         norms.append(engine.state.output["hypergrad_norm"])
         if engine.state.iteration == 1 and device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()

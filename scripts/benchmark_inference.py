@@ -31,8 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmark_common import clock  # also puts the project root on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 CONFIGS = ["configs/train.json", "configs/datasets/jsrt.json"]
 
 
@@ -78,21 +79,16 @@ def run_bare(task: Path, studies: Path, repeats: int, device: str) -> dict:
     pre = parser.get_parsed_content("preprocessing")
     tensors = [pre(d)["image"].as_tensor()[None].to(device) for d in parser.get_parsed_content("inputs")]
 
-    def now() -> float:  # GPU work is asynchronous: wait for it before reading the clock
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
     with torch.no_grad():
         net(tensors[0])  # warm-up
         forward, decode = [], []
         for _ in range(repeats):
             for x in tensors:
-                start = now()
+                start = clock(device)
                 emb = net.encode(x)
-                mid = now()
+                mid = clock(device)
                 net.decode(emb)
-                end = now()
+                end = clock(device)
                 forward.append(end - start)
                 decode.append(end - mid)
     return {"variant": "bare", "forward_s": statistics.median(forward), "decode_s": statistics.median(decode),
