@@ -9,8 +9,12 @@
 #   4. the benchmarks' GPU tables (hypergradient cost, embedding cache, inference per image).
 # Each step has its own time limit and log (OUT_DIR/<step>.log); a failing step does not stop the later ones;
 # OUT_DIR/summary.txt lists the device, the versions and each step's exit status and time.
+# GPU_CHECKS_STEPS, a space-separated list of step names (gpu_tests tests sample_fp32 sample_amp
+# bench_hypergradient bench_embedding_cache bench_inference), runs only those: a session with little device
+# time left runs the steps it has not measured yet.
 #
 #     bash scripts/gpu_checks.sh OUT_DIR [PYTEST_ARGS...]
+#     GPU_CHECKS_STEPS="sample_fp32 bench_inference" bash scripts/gpu_checks.sh OUT_DIR
 set -uo pipefail
 out=${1:?usage: bash scripts/gpu_checks.sh OUT_DIR [PYTEST_ARGS...]}
 shift
@@ -23,6 +27,10 @@ work=$(mktemp -d)
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to OUT/NAME.log, record the status
     local name=$1 limit=$2
     shift 2
+    if [ -n "${GPU_CHECKS_STEPS:-}" ] && [[ " $GPU_CHECKS_STEPS " != *" $name "* ]]; then
+        echo "$name: not selected (GPU_CHECKS_STEPS)" >>"$out/summary.txt"
+        return
+    fi
     local start=$SECONDS
     timeout "$limit" "$@" >"$out/$name.log" 2>&1
     local rc=$?
