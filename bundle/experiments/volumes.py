@@ -282,7 +282,10 @@ def volume_commands(run: VolumeRun, settings: VolumeSettings, input_dir: str) ->
     data = VOLUME_DATASETS[run.dataset]
     folder = run.folder(settings.root)
     variant = VARIANTS[run.variant]
-    common = {**_intensity(data), **{k: v for k, v in variant.overrides.items() if k not in TRAINING_ONLY}}
+    # what the model was built with (the prompt kind, the slicing, the intensities) goes to the segmenting
+    # commands as well: the variant's overrides and the runner's --set items, less the training-only ones
+    shared = {**variant.overrides, **settings.extra_overrides}
+    common = {**_intensity(data), **{k: v for k, v in shared.items() if k not in TRAINING_ONLY}}
     if variant.per_structure:
         parts = {name: ({name: value}, folder / name) for name, value in data.structures.items()}
     else:

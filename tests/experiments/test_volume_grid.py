@@ -72,6 +72,21 @@ def test_commands_follow_the_command_line_contract(tmp_path):
         assert merged_config(c["training"]["files"], c["training"]["overrides"])[key] == value
 
 
+def test_set_overrides_reach_the_segmenting_commands(tmp_path):
+    """``--set prompt=dense`` trains a dense-prompt model: the segmenting commands must build the same model,
+    or loading its checkpoint fails; training-only items stay out of them."""
+    settings = VolumeSettings(
+        tmp_path / "runs", {"btcv": "/data/btcv"}, 50, None, extra_overrides={"prompt": "dense", "augmentation_bank": 2}
+    )
+    commands = volume_commands(VolumeRun("btcv", 1, 0), settings, "x")
+    assert commands["training"]["overrides"]["prompt"] == "dense"
+    assert commands["training"]["overrides"]["augmentation_bank"] == 2
+    for name in ("pred", "pred_size"):
+        o = commands[name]["overrides"]
+        assert o["prompt"] == "dense" and "augmentation_bank" not in o
+        assert merged_config(commands[name]["files"], o)["prompt"] == "dense"
+
+
 def test_test_volumes_are_cut_to_the_structures_with_their_affine(tmp_path):
     data = _volumes(tmp_path / "data", n=1)
     item = {"image": str(data / "imagesTr/v0.nii.gz"), "label": str(data / "labelsTr/v0.nii.gz"), "id": "v0"}
