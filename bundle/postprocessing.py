@@ -14,6 +14,13 @@ blobs; both cost Dice and, far more, HD95. Per preset (config keys ``postprocess
 
 Applied to the class-index map (1 x spatial) at the original resolution, after ``Invertd`` and the
 argmax, in evaluation, inference, volumes and the MONAI Label path alike.
+
+One step needs the class probabilities, so it runs before the argmax (evaluation, inference and the
+MONAI Label auto-segmentation of images; not volumes):
+
+- ``confidence_margin``: :class:`DropUnsureComponentsd` gives up a component the network is markedly
+  less sure of than the class's surest one (polyps: confident false positives at the edge of the
+  endoscope's view are mottled, a found polyp is not).
 """
 
 from __future__ import annotations
@@ -151,6 +158,73 @@ class Argmaxd(MapTransform):
                 indices = MetaTensor(indices, meta=scores.meta, applied_operations=scores.applied_operations)
             d[key] = indices
         return d
+
+
+class DropUnsureComponentsd(MapTransform):
+    """Give up the components of a class that the network is markedly less sure of than its surest one.
+
+    On C x spatial class probabilities (after the softmax, before the argmax): the connected components
+    of each foreground class's argmax region are scored by their mean probability of that class. A
+    component whose mean is more than ``margin`` below the best one's has that class's probability set to
+    0 there, so the argmax gives it to the next most likely class (background for a one-class task).
+    Only components of at least ``min_size`` of the image's pixels can be the best one: smaller ones are
+    removed by the clean-up anyway, and a tiny sure blob must not veto the real finding.
+
+    Written here because MONAI's component transforms (``KeepLargestConnectedComponent``,
+    ``RemoveSmallObjects``) rank components by size, never by the network's confidence. Components are
+    labelled with scipy's ``ndimage.label`` at full connectivity, as in :class:`CleanMaskd`.
+
+    Args:
+        keys: keys of C x spatial class probabilities, background first.
+        margin: how far (in probability) below the surest component's mean a component may fall;
+            0 switches the step off.
+        min_size: the smallest component, as a fraction of the image's pixels, that can be the surest.
+    """
+
+    def __init__(
+        self, keys: KeysCollection, margin: float = 0.0, min_size: float = 0.0, allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.margin, self.min_size = float(margin), float(min_size)
+        if not 0.0 <= self.margin <= 1.0:
+            raise ValueError(f"postprocess_confidence_margin is a probability (0 <= x <= 1), got {margin}")
+        if not 0.0 <= self.min_size < 1.0:
+            raise ValueError(f"postprocess_min_size is a fraction of the image (0 <= x < 1), got {min_size}")
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if not self.margin:
+            return d
+        for key in self.key_iterator(d):
+            d[key] = self.drop(d[key])
+        return d
+
+    def drop(self, probs: torch.Tensor) -> torch.Tensor:
+        """``probs`` with each class's unsure components given to the next most likely class."""
+        plain = probs.as_tensor() if isinstance(probs, MetaTensor) else torch.as_tensor(probs)
+        values = plain.detach().float().cpu().numpy()
+        winners = values.argmax(0)  # ties to the first class, as Argmaxd
+        full = np.ones((3,) * winners.ndim, bool)
+        floor = max(1, round(self.min_size * winners.size))
+        out = None
+        for c in range(1, values.shape[0]):
+            parts, count = ndimage.label(winners == c, structure=full)
+            if count < 2:
+                continue
+            index = np.arange(1, count + 1)
+            means = np.asarray(ndimage.mean(values[c], parts, index))
+            sizes = np.bincount(parts.ravel(), minlength=count + 1)[1:]
+            if not (sizes >= floor).any():
+                continue
+            unsure = index[means < means[sizes >= floor].max() - self.margin]
+            if unsure.size:
+                out = plain.clone() if out is None else out
+                out[c][torch.from_numpy(np.isin(parts, unsure)).to(out.device)] = 0
+        if out is None:
+            return probs
+        if isinstance(probs, MetaTensor):
+            return MetaTensor(out, meta=probs.meta, applied_operations=probs.applied_operations)
+        return out
 
 
 class SizeConstraintd(MapTransform):

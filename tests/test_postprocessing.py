@@ -102,3 +102,54 @@ def test_argmaxd_gives_monais_argmax_ties_included_and_keeps_the_meta():
         assert ours.dtype == monai.dtype and ours.shape == (1, *shape[1:])
         torch.testing.assert_close(ours.as_tensor(), monai.as_tensor())
         assert ours.meta["filename_or_obj"] == "case.png"
+
+
+def _probs(foreground: torch.Tensor):
+    """2 x H x W probabilities (background, polyp) from the polyp's probability map."""
+    from monai.data import MetaTensor
+
+    return MetaTensor(torch.stack([1 - foreground, foreground]), meta={"filename_or_obj": "case.png"})
+
+
+def test_unsure_components_go_to_the_next_class_and_a_sure_or_lone_one_stays():
+    from bundle.postprocessing import Argmaxd, DropUnsureComponentsd
+
+    p = torch.zeros(64, 64)
+    p[10:30, 10:30] = 0.97  # the polyp: sure
+    p[40:60, 40:60] = 0.70  # as large, mottled: 0.27 below the polyp
+    p[2:6, 50:54] = 1.0  # 16 px, surer than the polyp but under min_size: cannot be the reference
+    p[40:50, 2:12] = 0.88  # 0.09 below the polyp (within the margin), 0.12 below the tiny blob
+    drop = DropUnsureComponentsd("pred", margin=0.1, min_size=0.005)  # 0.005 x 4096 = 20 px
+    out = drop({"pred": _probs(p)})["pred"]
+    labels = Argmaxd("pred")({"pred": out})["pred"][0]
+    assert labels[10:30, 10:30].min() == 1 and labels[40:50, 2:12].min() == 1
+    assert labels[40:60, 40:60].max() == 0  # given up: background is the next most likely class
+    assert labels[2:6, 50:54].min() == 1  # left to the size clean-up, which drops it
+    assert out.meta["filename_or_obj"] == "case.png" and torch.equal(out[0], _probs(p)[0])  # background kept
+    lone = torch.zeros(64, 64)
+    lone[40:60, 40:60] = 0.6  # an unsure lone finding has no surer one to lose to
+    assert torch.equal(drop({"pred": _probs(lone)})["pred"], _probs(lone))
+    off = DropUnsureComponentsd("pred", margin=0.0)({"pred": _probs(p)})["pred"]
+    assert torch.equal(off, _probs(p))  # the default: nothing changes
+
+
+def test_unsure_components_are_judged_per_class():
+    from bundle.postprocessing import DropUnsureComponentsd
+
+    probs = torch.full((3, 32, 32), 0.0)
+    probs[0] = 1.0
+    probs[:, 0:10, 0:10] = torch.tensor([0.05, 0.95, 0.0])[:, None, None]  # class 1, sure
+    probs[:, 20:30, 20:30] = torch.tensor([0.35, 0.0, 0.65])[:, None, None]  # class 2's only component
+    probs[:, 20:30, 0:10] = torch.tensor([0.25, 0.70, 0.05])[:, None, None]  # class 1, unsure
+    out = DropUnsureComponentsd("pred", margin=0.1)({"pred": probs})["pred"]
+    assert out[1, 20:30, 0:10].max() == 0 and out[2, 20:30, 20:30].min() == 0.65
+    assert out.argmax(0)[20:30, 0:10].max() == 0
+
+
+def test_confidence_margin_is_checked():
+    import pytest
+
+    from bundle.postprocessing import DropUnsureComponentsd
+
+    with pytest.raises(ValueError, match="postprocess_confidence_margin"):
+        DropUnsureComponentsd("pred", margin=1.5)
