@@ -153,3 +153,30 @@ def test_confidence_margin_is_checked():
 
     with pytest.raises(ValueError, match="postprocess_confidence_margin"):
         DropUnsureComponentsd("pred", margin=1.5)
+
+
+def test_unsure_components_are_dropped_before_the_argmax_in_evaluation_inference_and_not_for_a_box():
+    from pathlib import Path
+
+    from monai.bundle import ConfigParser
+    from monai.transforms import AsDiscreted
+
+    from bundle.postprocessing import Argmaxd, DropUnsureComponentsd
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    pipelines = {
+        ("train.json", "datasets/kvasir.json"): ("validate#postprocessing", 0.1),  # the preset's evaluation
+        ("inference.json",): ("postprocessing", 0.0),  # off unless the task sets it
+        ("inference.json", "interactive.json"): ("postprocessing", 0.0),  # a user's box: never
+    }
+    for files, (pipeline, margin) in pipelines.items():
+        parser = ConfigParser()
+        parser.read_config([str(configs / f) for f in files])
+        parser.update({"bundle_root": str(configs.parent)})
+        if files[-1] == "interactive.json":
+            parser["postprocess_confidence_margin"] = 0.3  # what a task exported from a preset may carry
+        kinds = [type(t) for t in parser.get_parsed_content(pipeline).transforms]
+        drop = parser.get_parsed_content(pipeline).transforms[kinds.index(DropUnsureComponentsd)]
+        argmax = Argmaxd if Argmaxd in kinds else AsDiscreted
+        assert kinds.index(DropUnsureComponentsd) == kinds.index(argmax) - 1, files
+        assert drop.margin == margin and drop.min_size == parser["postprocess_min_size"], files

@@ -23,7 +23,7 @@ from bundle.experiments.summary import RunResult, load_result, mean_std, per_cas
 PRESET_AUGMENTATION = {"jsrt": "radiograph", "kvasir": "endoscopy", "dental": "radiograph"}
 BANK_SIZES = (1, 2, 4, 16)  # with each preset's own 8 (variant ``all``): the Dice against bank size
 RAW_MASKS = {"postprocess_fill_holes": False, "postprocess_components": 0, "postprocess_min_size": 0.0,
-             "postprocess_min_relative_size": 0.0}  # fmt: skip
+             "postprocess_min_relative_size": 0.0, "postprocess_confidence_margin": 0.0}  # fmt: skip
 PRESET = "preset"  # a variant's value meaning "the preset's own setting" for keys ``before`` overrides
 
 
