@@ -123,8 +123,9 @@ def paired_test(a: list[RunResult], b: list[RunResult]) -> PairedTest | None:
 
 def recorded_protocol(results: list[RunResult], root: Path) -> str:
     """One sentence on how the finished runs were made, read from their recorded ``config.json``:
-    the labelled images each used (k, or k + validation images) and what the encoder was shown."""
-    settings, flips = set(), {}
+    the labelled images each used (k, or k + validation images), what the encoder was shown, the test-time
+    flips and the confidence margin of the clean-up."""
+    settings, flips, margins = set(), {}, {}
     for result in results:
         path = result.run.folder(root) / "config.json"
         if result.run.seed is None or not path.is_file():
@@ -135,6 +136,8 @@ def recorded_protocol(results: list[RunResult], root: Path) -> str:
                       str(config.get("prompt", "dense"))))  # fmt: skip
         if config.get("tta_flips"):
             flips.setdefault(result.run.dataset, set()).add(json.dumps(config["tta_flips"]))
+        # absent before bundle 0.6.3: no margin
+        margins.setdefault(result.run.dataset, set()).add(float(config.get("postprocess_confidence_margin") or 0))
     parts = []
     for val, upright, prompt in sorted(settings):
         labels = (
@@ -146,6 +149,10 @@ def recorded_protocol(results: list[RunResult], root: Path) -> str:
         parts.append(f"{labels}; encoder input {view}; prompt `{prompt}`")
     for dataset, values in sorted(flips.items()):
         parts.append(f"{dataset}: flip test-time augmentation `tta_flips` {' / '.join(sorted(values))}")
+    for dataset, values in sorted(margins.items()):
+        if any(values):  # runs of one data set may differ: each run's config.json says which it had
+            listed = " / ".join(f"{v:g}" for v in sorted(values))
+            parts.append(f"{dataset}: confidence margin `postprocess_confidence_margin` {listed}")
     return "Runs used: " + " | ".join(parts) + "." if parts else ""
 
 

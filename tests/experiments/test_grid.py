@@ -132,15 +132,19 @@ def test_per_seed_table_has_a_row_per_seed_and_marks_the_best_method(tmp_path):
     assert per_seed_table(partial).splitlines()[-1] == "| jsrt | 2 | 1 | **93.0** | - |"
 
 
-def test_recorded_protocol_names_labels_input_prompt_and_test_time_flips(tmp_path):
+def test_recorded_protocol_names_labels_input_prompt_test_time_flips_and_margin(tmp_path):
     jsrt, kvasir = Run("jsrt", 2, 0, "blo-sam"), Run("kvasir", 4, 0, "blo-sam")
-    for run, flips in ((jsrt, []), (kvasir, [[1]])):
+    older = Run("kvasir", 8, 0, "blo-sam")  # recorded before the margin existed
+    for run, flips, margin in ((jsrt, [], 0.0), (kvasir, [[1]], 0.1), (older, [[1]], None)):
         _fake_run(tmp_path, run, [0.9], [10.0])
         config = {"val_size": 0, "upright": True, "prompt": "tokens", "tta_flips": flips}
+        if margin is not None:
+            config["postprocess_confidence_margin"] = margin
         (run.folder(tmp_path) / "config.json").write_text(json.dumps(config))
-    sentence = recorded_protocol(collect([jsrt, kvasir], tmp_path), tmp_path)
+    sentence = recorded_protocol(collect([jsrt, kvasir, older], tmp_path), tmp_path)
     assert "exactly k labelled images (final weights); encoder input upright; prompt `tokens`" in sentence
     assert "kvasir: flip test-time augmentation `tta_flips` [[1]]" in sentence and "jsrt:" not in sentence
+    assert "kvasir: confidence margin `postprocess_confidence_margin` 0 / 0.1" in sentence
 
 
 def test_the_grid_knows_the_bundles_default_method():
