@@ -36,6 +36,28 @@ from monai.transforms import FillHoles, KeepLargestConnectedComponent, MapTransf
 from scipy import ndimage
 
 
+def _plain(x: torch.Tensor) -> torch.Tensor:
+    """The tensor without MONAI's metadata (a MetaTensor's data, or ``x`` as a tensor)."""
+    return x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
+
+
+def _like(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``out`` with ``x``'s metadata and applied operations when ``x`` is a MetaTensor, else ``out``."""
+    return MetaTensor(out, meta=x.meta, applied_operations=x.applied_operations) if isinstance(x, MetaTensor) else out
+
+
+def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """Connected components of ``mask`` at full connectivity (as ``KeepLargestConnectedComponent``'s default)."""
+    return ndimage.label(mask, structure=np.ones((3,) * mask.ndim, bool))
+
+
+def _image_fraction(min_size: float) -> float:
+    """``postprocess_min_size`` checked: a fraction of the image's pixels."""
+    if not 0.0 <= float(min_size) < 1.0:
+        raise ValueError(f"postprocess_min_size is a fraction of the image (0 <= x < 1), got {min_size}")
+    return float(min_size)
+
+
 class CleanMaskd(MapTransform):
     """Fill holes, keep the largest components and drop small objects of a class-index map.
 
@@ -67,9 +89,7 @@ class CleanMaskd(MapTransform):
             if keep_components
             else None
         )
-        self.min_size = float(min_size)
-        if not 0.0 <= self.min_size < 1.0:
-            raise ValueError(f"postprocess_min_size is a fraction of the image (0 <= x < 1), got {min_size}")
+        self.min_size = _image_fraction(min_size)
         self.min_relative_size = float(min_relative_size)
         if not 0.0 <= self.min_relative_size <= 1.0:
             raise ValueError(
@@ -115,12 +135,11 @@ class CleanMaskd(MapTransform):
         and ``KeepLargestConnectedComponent`` a count. Components are labelled with scipy's
         ``ndimage.label`` at full connectivity, as ``KeepLargestConnectedComponent`` does by default.
         """
-        plain = labels.as_tensor() if isinstance(labels, MetaTensor) else torch.as_tensor(labels)
+        plain = _plain(labels)
         values = plain[0].cpu().numpy()
         keep = np.ones(values.shape, bool)
-        full = np.ones((3,) * values.ndim, bool)
         for c in self.labels:
-            parts, count = ndimage.label(values == c, structure=full)
+            parts, count = _components(values == c)
             if count < 2:
                 continue
             sizes = np.bincount(parts.ravel())[1:]
@@ -130,9 +149,7 @@ class CleanMaskd(MapTransform):
             return labels
         cleaned = plain.clone()
         cleaned[0][torch.from_numpy(~keep).to(cleaned.device)] = 0
-        if isinstance(labels, MetaTensor):
-            return MetaTensor(cleaned, meta=labels.meta, applied_operations=labels.applied_operations)
-        return cleaned
+        return _like(cleaned, labels)
 
 
 class Argmaxd(MapTransform):
@@ -151,12 +168,8 @@ class Argmaxd(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            scores = d[key]
-            plain = scores.as_tensor() if isinstance(scores, MetaTensor) else torch.as_tensor(scores)
-            indices = plain.max(dim=0, keepdim=True).indices.to(plain.dtype)
-            if isinstance(scores, MetaTensor):
-                indices = MetaTensor(indices, meta=scores.meta, applied_operations=scores.applied_operations)
-            d[key] = indices
+            plain = _plain(d[key])
+            d[key] = _like(plain.max(dim=0, keepdim=True).indices.to(plain.dtype), d[key])
         return d
 
 
@@ -185,11 +198,9 @@ class DropUnsureComponentsd(MapTransform):
         self, keys: KeysCollection, margin: float = 0.0, min_size: float = 0.0, allow_missing_keys: bool = False
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.margin, self.min_size = float(margin), float(min_size)
+        self.margin, self.min_size = float(margin), _image_fraction(min_size)
         if not 0.0 <= self.margin <= 1.0:
             raise ValueError(f"postprocess_confidence_margin is a probability (0 <= x <= 1), got {margin}")
-        if not 0.0 <= self.min_size < 1.0:
-            raise ValueError(f"postprocess_min_size is a fraction of the image (0 <= x < 1), got {min_size}")
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -201,14 +212,13 @@ class DropUnsureComponentsd(MapTransform):
 
     def drop(self, probs: torch.Tensor) -> torch.Tensor:
         """``probs`` with each class's unsure components given to the next most likely class."""
-        plain = probs.as_tensor() if isinstance(probs, MetaTensor) else torch.as_tensor(probs)
+        plain = _plain(probs)
         values = plain.detach().float().cpu().numpy()
         winners = values.argmax(0)  # ties to the first class, as Argmaxd
-        full = np.ones((3,) * winners.ndim, bool)
         floor = max(1, round(self.min_size * winners.size))
         out = None
         for c in range(1, values.shape[0]):
-            parts, count = ndimage.label(winners == c, structure=full)
+            parts, count = _components(winners == c)
             if count < 2:
                 continue
             index = np.arange(1, count + 1)
@@ -220,11 +230,7 @@ class DropUnsureComponentsd(MapTransform):
             if unsure.size:
                 out = plain.clone() if out is None else out
                 out[c][torch.from_numpy(np.isin(parts, unsure)).to(out.device)] = 0
-        if out is None:
-            return probs
-        if isinstance(probs, MetaTensor):
-            return MetaTensor(out, meta=probs.meta, applied_operations=probs.applied_operations)
-        return out
+        return probs if out is None else _like(out, probs)
 
 
 class SizeConstraintd(MapTransform):
@@ -273,7 +279,7 @@ class SizeConstraintd(MapTransform):
             raise ValueError(f"size prior has {len(self.prior)} classes, the prediction {logits.shape[0] - 1}")
         affine = np.asarray(logits.affine if isinstance(logits, MetaTensor) else np.eye(4), dtype=float)
         voxel_ml = float(np.prod(np.linalg.norm(affine[:3, :3], axis=0))) / 1000.0
-        plain = (logits.as_tensor() if isinstance(logits, MetaTensor) else logits).float().clone()
+        plain = _plain(logits).float().clone()
         flat = plain.reshape(plain.shape[0], -1)
         self.adjusted = []
         for c, prior in enumerate(self.prior, start=1):
@@ -290,7 +296,4 @@ class SizeConstraintd(MapTransform):
                 flat[c] += offset
                 record.update(offset=offset, after_ml=int((flat[c] - others > 0).sum()) * voxel_ml)
             self.adjusted.append(record)
-        out = flat.reshape(plain.shape).to(logits.dtype)
-        if isinstance(logits, MetaTensor):
-            out = MetaTensor(out, meta=logits.meta, applied_operations=logits.applied_operations)
-        return out
+        return _like(flat.reshape(plain.shape).to(logits.dtype), logits)
