@@ -10,7 +10,9 @@ Presets (config key ``augmentation``), all MONAI transforms on the resized, unpa
 - ``radiograph_lateral``: the same without left-right flips, for tasks whose classes are lateral
   (left lung vs right lung: a flip would swap the labels' meaning);
 - ``endoscopy``: flips on both axes, 90-degree rotations (a colonoscope has no "up"), colour
-  jitter (per-channel intensity scaling) and contrast.
+  jitter (per-channel intensity scaling) and contrast;
+- ``endoscopy_zoom``: ``endoscopy`` plus an affine with free in-plane rotation and a wide zoom
+  (0.7-1.3): a polyp fills a tenth or half of a frame depending on how close the scope is.
 
 The encoder is frozen, so an image's embedding is a pure function of the pixels the encoder sees.
 Random augmentation at every step would need an encoder pass per step. Instead each training image
@@ -41,16 +43,16 @@ IMAGE, LABEL = "image", "label"
 VIEW = "view"  # datalist key: index of the view in the image's bank
 ROWS, COLS = 0, 1  # spatial axes of a rows-first 2D image: up-down, left-right
 
-PRESETS = ("none", "flips", "radiograph", "radiograph_lateral", "endoscopy")
+PRESETS = ("none", "flips", "radiograph", "radiograph_lateral", "endoscopy", "endoscopy_zoom")
 
 
-def _affine(keys: Sequence[str]) -> RandAffined:
-    # small: a few degrees, +-10 % scale, +-5 % shift of a 256 input; zeros outside (as the padding)
+def _affine(keys: Sequence[str], degrees: float = 10.0, scale: float = 0.1) -> RandAffined:
+    # default small: a few degrees, +-10 % scale, +-5 % shift of a 256 input; zeros outside (as the padding)
     return RandAffined(
         keys=keys,
         prob=0.8,
-        rotate_range=np.deg2rad(10.0),
-        scale_range=0.1,
+        rotate_range=np.deg2rad(degrees),
+        scale_range=scale,
         translate_range=12,
         mode=["bilinear", "nearest"],
         padding_mode="zeros",
@@ -79,11 +81,14 @@ def augmentation_transforms(name: str, flip_prob: float = 0.5) -> list[MapTransf
     if name in ("radiograph", "radiograph_lateral"):
         flips = [RandFlipd(keys=keys, prob=flip_prob, spatial_axis=COLS)] if name == "radiograph" else []
         return flips + [_affine(keys), contrast]
-    if name == "endoscopy":
+    if name in ("endoscopy", "endoscopy_zoom"):
+        # with the 90-degree rotations, +-45 degrees reaches every angle
+        zoom = [_affine(keys, degrees=45.0, scale=0.3)] if name == "endoscopy_zoom" else []
         return [
             RandFlipd(keys=keys, prob=flip_prob, spatial_axis=ROWS),
             RandFlipd(keys=keys, prob=flip_prob, spatial_axis=COLS),
             RandRotate90d(keys=keys, prob=0.5, max_k=3, spatial_axes=(ROWS, COLS)),
+            *zoom,
             RandScaleIntensityd(keys=IMAGE, prob=0.8, factors=0.15, channel_wise=True),
             contrast,
         ]

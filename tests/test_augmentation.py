@@ -86,3 +86,17 @@ def test_no_bank_draws_fresh_random_transforms():
 def test_unknown_preset_names_the_choices():
     with pytest.raises(ValueError, match="radiograph"):
         augmentation_transforms("xray")
+
+
+def test_endoscopy_zoom_changes_the_object_size_and_endoscopy_does_not():
+    label = torch.zeros(1, 96, 96)
+    label[:, 32:64, 32:64] = 1
+    item = {"image": torch.rand(3, 96, 96), "label": label, "id": "polyp"}
+
+    def areas(name: str) -> list[float]:
+        bank = AugmentationBankd(augmentation_transforms(name), seed=0)
+        return [float(bank({**item, "view": v})["label"].sum()) / float(label.sum()) for v in range(1, 17)]
+
+    assert all(a == pytest.approx(1.0) for a in areas("endoscopy"))  # flips and quarter turns keep the area
+    zoomed = areas("endoscopy_zoom")
+    assert min(zoomed) < 0.85 and max(zoomed) > 1.15
