@@ -175,8 +175,9 @@ def test_unsure_components_are_dropped_before_the_argmax_in_evaluation_inference
         parser.update({"bundle_root": str(configs.parent)})
         if files[-1] == "interactive.json":
             parser["postprocess_confidence_margin"] = 0.3  # what a task exported from a preset may carry
-        kinds = [type(t) for t in parser.get_parsed_content(pipeline).transforms]
-        drop = parser.get_parsed_content(pipeline).transforms[kinds.index(DropUnsureComponentsd)]
+        transforms = parser.get_parsed_content(pipeline).transforms
+        kinds = [type(t) for t in transforms]
+        drop = transforms[kinds.index(DropUnsureComponentsd)]
         argmax = Argmaxd if Argmaxd in kinds else AsDiscreted
         assert kinds.index(DropUnsureComponentsd) == kinds.index(argmax) - 1, files
         assert drop.margin == margin and drop.min_size == parser["postprocess_min_size"], files
