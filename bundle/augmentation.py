@@ -13,7 +13,9 @@ Presets (config key ``augmentation``), all MONAI transforms on the resized, unpa
   jitter (per-channel intensity scaling) and contrast;
 - ``endoscopy_zoom``: ``endoscopy`` plus an affine with free in-plane rotation and a wide zoom
   (0.7-1.3), for polyps seen from near and far. On Kvasir-SEG 4-shot development images it gained
-  nothing over ``endoscopy`` (docs/results/fewshot/dev/kvasir_4shot_pool/commands.md), so no preset uses it.
+  nothing over ``endoscopy`` (docs/results/fewshot/dev/kvasir_4shot_pool/commands.md), so no preset uses it;
+- ``endoscopy_zoomlarge``: ``endoscopy`` plus a zoom-out (0.35-0.8, p 0.8) of the images whose object covers more
+  than 15 % of the frame (:class:`RandZoomOutLarged`), so a support set of large polyps also shows them small.
 
 The encoder is frozen, so an image's embedding is a pure function of the pixels the encoder sees.
 Random augmentation at every step would need an encoder pass per step. Instead each training image
@@ -30,6 +32,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from monai.transforms import (
     Compose,
     MapTransform,
@@ -38,13 +41,15 @@ from monai.transforms import (
     RandFlipd,
     RandRotate90d,
     RandScaleIntensityd,
+    RandZoomd,
 )
 
 IMAGE, LABEL = "image", "label"
 VIEW = "view"  # datalist key: index of the view in the image's bank
 ROWS, COLS = 0, 1  # spatial axes of a rows-first 2D image: up-down, left-right
 
-PRESETS = ("none", "flips", "radiograph", "radiograph_lateral", "endoscopy", "endoscopy_zoom")
+PRESETS = ("none", "flips", "radiograph", "radiograph_lateral", "endoscopy", "endoscopy_zoom", "endoscopy_zoomlarge")
+ENDOSCOPY = ("endoscopy", "endoscopy_zoom", "endoscopy_zoomlarge")
 
 
 def _affine(keys: Sequence[str], degrees: float = 10.0, scale: float = 0.1) -> RandAffined:
@@ -58,6 +63,45 @@ def _affine(keys: Sequence[str], degrees: float = 10.0, scale: float = 0.1) -> R
         mode=["bilinear", "nearest"],
         padding_mode="zeros",
     )
+
+
+class RandZoomOutLarged(RandZoomd):
+    """MONAI's ``RandZoomd`` (zoom-out, image size kept, zero padding), applied only to items whose label
+    foreground covers more than ``min_fraction`` of the frame; smaller objects pass unchanged.
+
+    Our own subclass because no MONAI transform conditions on the object's size: shrinking an already
+    small polyp further would teach the decoder objects smaller than any it should find.
+
+    Args:
+        keys: image and label keys (the label is read from ``LABEL``).
+        min_fraction: the foreground share of the frame above which an item is zoomed.
+        prob, min_zoom, max_zoom: as in ``RandZoomd`` (zoom < 1 shrinks the content).
+    """
+
+    def __init__(
+        self,
+        keys: Sequence[str],
+        min_fraction: float = 0.15,
+        prob: float = 0.8,
+        min_zoom: float = 0.35,
+        max_zoom: float = 0.8,
+    ) -> None:
+        super().__init__(
+            keys=keys,
+            prob=prob,
+            min_zoom=min_zoom,
+            max_zoom=max_zoom,
+            mode=["area", "nearest"],
+            padding_mode="constant",
+            keep_size=True,
+        )
+        self.min_fraction = float(min_fraction)
+
+    def __call__(self, data: Mapping[Hashable, Any], lazy: bool | None = None) -> dict[Hashable, Any]:
+        label = torch.as_tensor(data[LABEL])
+        if float((label > 0).float().mean()) <= self.min_fraction:
+            return dict(data)
+        return super().__call__(data, lazy=lazy)
 
 
 def augmentation_transforms(name: str, flip_prob: float = 0.5) -> list[MapTransform]:
@@ -82,9 +126,10 @@ def augmentation_transforms(name: str, flip_prob: float = 0.5) -> list[MapTransf
     if name in ("radiograph", "radiograph_lateral"):
         flips = [RandFlipd(keys=keys, prob=flip_prob, spatial_axis=COLS)] if name == "radiograph" else []
         return flips + [_affine(keys), contrast]
-    if name in ("endoscopy", "endoscopy_zoom"):
+    if name in ENDOSCOPY:
         # with the 90-degree rotations, +-45 degrees reaches every angle
         zoom = [_affine(keys, degrees=45.0, scale=0.3)] if name == "endoscopy_zoom" else []
+        zoom_out = [RandZoomOutLarged(keys)] if name == "endoscopy_zoomlarge" else []
         return [
             RandFlipd(keys=keys, prob=flip_prob, spatial_axis=ROWS),
             RandFlipd(keys=keys, prob=flip_prob, spatial_axis=COLS),
@@ -92,6 +137,7 @@ def augmentation_transforms(name: str, flip_prob: float = 0.5) -> list[MapTransf
             *zoom,
             RandScaleIntensityd(keys=IMAGE, prob=0.8, factors=0.15, channel_wise=True),
             contrast,
+            *zoom_out,
         ]
     raise ValueError(f"unknown augmentation {name!r}: choose one of {', '.join(PRESETS)}")
 

@@ -10,6 +10,7 @@ from monai.transforms import RandFlipd, Transform
 from bundle.augmentation import (
     PRESETS,
     AugmentationBankd,
+    RandZoomOutLarged,
     augmentation_transforms,
     bank_datalist,
     training_augmentation,
@@ -100,3 +101,33 @@ def test_endoscopy_zoom_changes_the_object_size_and_endoscopy_does_not():
     assert all(a == pytest.approx(1.0) for a in areas("endoscopy"))  # flips and quarter turns keep the area
     zoomed = areas("endoscopy_zoom")
     assert min(zoomed) < 0.85 and max(zoomed) > 1.15
+
+
+def _square_item(side: int, frame: int = 96) -> dict:
+    label = torch.zeros(1, frame, frame)
+    start = (frame - side) // 2
+    label[:, start : start + side, start : start + side] = 1
+    return {"image": torch.rand(3, frame, frame), "label": label, "id": f"polyp{side}"}
+
+
+def test_zoom_out_shrinks_large_objects_only():
+    zoom = RandZoomOutLarged(["image", "label"], min_fraction=0.15, prob=1.0, min_zoom=0.5, max_zoom=0.5)
+    small = _square_item(24)  # 6 % of the frame: passed through untouched
+    out = zoom(small)
+    assert torch.equal(out["image"], small["image"]) and torch.equal(out["label"], small["label"])
+    large = _square_item(48)  # 25 %: halved on each side, frame size kept, label still binary
+    out = zoom(large)
+    assert out["image"].shape == large["image"].shape and out["label"].shape == large["label"].shape
+    assert set(torch.unique(torch.as_tensor(out["label"])).tolist()) <= {0.0, 1.0}
+    assert float(torch.as_tensor(out["label"]).sum()) == pytest.approx(float(large["label"].sum()) / 4, rel=0.1)
+
+
+def test_endoscopy_zoomlarge_bank_zooms_large_polyps_out_and_repeats_views():
+    def areas(item: dict) -> list[float]:
+        bank = AugmentationBankd(augmentation_transforms("endoscopy_zoomlarge"), seed=3)
+        return [float(bank({**item, "view": v})["label"].sum()) / float(item["label"].sum()) for v in range(1, 13)]
+
+    large = areas(_square_item(48))
+    assert max(large) <= 1.0 + 1e-6 and min(large) < 0.7  # only ever smaller, and most views zoomed
+    assert areas(_square_item(48)) == large  # the same views in every pass
+    assert all(a == pytest.approx(1.0) for a in areas(_square_item(24)))  # small polyps keep their size
