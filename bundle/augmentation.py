@@ -16,6 +16,8 @@ Presets (config key ``augmentation``), all MONAI transforms on the resized, unpa
   nothing over ``endoscopy`` (docs/results/fewshot/dev/kvasir_4shot_pool/commands.md), so no preset uses it;
 - ``endoscopy_zoomlarge``: ``endoscopy`` plus a zoom-out (0.35-0.8, p 0.8) of the images whose object covers more
   than 15 % of the frame (:class:`RandZoomOutLarged`), so a support set of large polyps also shows them small.
+  The Kvasir-SEG preset: on development images +0.8 Dice over ``endoscopy`` on the usual draws, +3.6 Dice and
+  -24 px HD95 on a support set of four large polyps.
 
 The encoder is frozen, so an image's embedding is a pure function of the pixels the encoder sees.
 Random augmentation at every step would need an encoder pass per step. Instead each training image

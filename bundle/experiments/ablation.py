@@ -20,7 +20,6 @@ import numpy as np
 from bundle.experiments.grid import CONFIGS, GridSettings, Run, execute
 from bundle.experiments.summary import RunResult, load_result, mean_std, per_case
 
-PRESET_AUGMENTATION = {"jsrt": "radiograph", "kvasir": "endoscopy", "dental": "radiograph"}
 BANK_SIZES = (1, 2, 4, 16)  # with each preset's own 8 (variant ``all``): the Dice against bank size
 RAW_MASKS = {"postprocess_fill_holes": False, "postprocess_components": 0, "postprocess_min_size": 0.0,
              "postprocess_min_relative_size": 0.0, "postprocess_confidence_margin": 0.0}  # fmt: skip
@@ -68,11 +67,16 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
-def preset_bank_size(dataset: str) -> int:
-    """The augmentation bank size a data set's preset ships (the ``all`` variant's)."""
+def preset_value(dataset: str, key: str):
+    """The value of config ``key`` in a data set's preset (``configs/datasets/<dataset>.json`` over ``train.json``)."""
     from bundle.commands import merged_config
 
-    return int(merged_config([CONFIGS / "train.json", CONFIGS / "datasets" / f"{dataset}.json"])["augmentation_bank"])
+    return merged_config([CONFIGS / "train.json", CONFIGS / "datasets" / f"{dataset}.json"])[key]
+
+
+def preset_bank_size(dataset: str) -> int:
+    """The augmentation bank size a data set's preset ships (the ``all`` variant's)."""
+    return int(preset_value(dataset, "augmentation_bank"))
 
 
 def bank_size(variant: str, dataset: str) -> int | None:
@@ -92,7 +96,7 @@ def variant_overrides(variant: Variant, dataset: str) -> dict:
             for raw in RAW_MASKS:
                 out.pop(raw)
         elif key == "augmentation" and value == PRESET:
-            out[key] = PRESET_AUGMENTATION[dataset]
+            out[key] = preset_value(dataset, "augmentation")
         elif value == PRESET:  # back to the preset's own value
             out.pop(key)
         else:

@@ -44,7 +44,7 @@ def test_each_single_change_differs_from_before_in_exactly_its_own_keys():
                    before.get(k, "unset") != variant_overrides(variant, "jsrt").get(k, "unset")}  # fmt: skip
         expected = set(RAW_MASKS) if name == "clean-masks" else set(variant.overrides)
         assert changed == expected, name
-    assert variant_overrides(VARIANTS["augment"], "kvasir")["augmentation"] == "endoscopy"
+    assert variant_overrides(VARIANTS["augment"], "kvasir")["augmentation"] == "endoscopy_zoomlarge"
     assert variant_overrides(VARIANTS["all"], "jsrt") == {}
     assert before["tta_flips"] == [] and "tta_flips" not in variant_overrides(VARIANTS["tta"], "kvasir")
 
