@@ -69,15 +69,17 @@ def _affine(keys: Sequence[str], degrees: float = 10.0, scale: float = 0.1) -> R
 
 class RandZoomOutLarged(RandZoomd):
     """MONAI's ``RandZoomd`` (zoom-out, image size kept, zero padding), applied only to items whose label
-    foreground covers more than ``min_fraction`` of the frame; smaller objects pass unchanged.
+    foreground covers more than ``min_fraction`` of the frame; smaller objects pass through MONAI's own
+    "not applied" path (converted to tensors, transform trace pushed, so the chain stays invertible).
 
     Our own subclass because no MONAI transform conditions on the object's size: shrinking an already
-    small polyp further would teach the decoder objects smaller than any it should find.
+    small polyp further would teach the decoder objects smaller than any it should find. The share is read
+    from the label as it arrives: in a lazy chain, only after transforms that keep the area (flips, quarter turns).
 
     Args:
-        keys: image and label keys (the label is read from ``LABEL``).
+        keys: image and label keys; ``LABEL`` is resampled nearest, the others by area.
         min_fraction: the foreground share of the frame above which an item is zoomed.
-        prob, min_zoom, max_zoom: as in ``RandZoomd`` (zoom < 1 shrinks the content).
+        prob, min_zoom, max_zoom: as in ``RandZoomd``, with 0 < min_zoom <= max_zoom <= 1 (a zoom-out only).
     """
 
     def __init__(
@@ -88,22 +90,27 @@ class RandZoomOutLarged(RandZoomd):
         min_zoom: float = 0.35,
         max_zoom: float = 0.8,
     ) -> None:
+        if not 0 < min_zoom <= max_zoom <= 1:
+            raise ValueError(f"a zoom-out needs 0 < min_zoom <= max_zoom <= 1, got {min_zoom} and {max_zoom}")
         super().__init__(
             keys=keys,
             prob=prob,
             min_zoom=min_zoom,
             max_zoom=max_zoom,
-            mode=["area", "nearest"],
+            mode=["nearest" if key == LABEL else "area" for key in keys],
             padding_mode="constant",
             keep_size=True,
         )
         self.min_fraction = float(min_fraction)
 
     def __call__(self, data: Mapping[Hashable, Any], lazy: bool | None = None) -> dict[Hashable, Any]:
-        label = torch.as_tensor(data[LABEL])
-        if float((label > 0).float().mean()) <= self.min_fraction:
-            return dict(data)
-        return super().__call__(data, lazy=lazy)
+        large = float((torch.as_tensor(data[LABEL]) > 0).float().mean()) > self.min_fraction
+        prob = self.prob
+        self.prob = prob if large else 0.0  # below the share: RandZoomd's "not applied" path
+        try:
+            return super().__call__(data, lazy=lazy)
+        finally:
+            self.prob = prob
 
 
 def augmentation_transforms(name: str, flip_prob: float = 0.5) -> list[MapTransform]:

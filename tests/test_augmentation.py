@@ -115,19 +115,28 @@ def test_zoom_out_shrinks_large_objects_only():
     small = _square_item(24)  # 6 % of the frame: passed through untouched
     out = zoom(small)
     assert torch.equal(out["image"], small["image"]) and torch.equal(out["label"], small["label"])
-    large = _square_item(48)  # 25 %: halved on each side, frame size kept, label still binary
+    assert torch.equal(zoom.inverse(out)["image"], small["image"])  # the skipped item keeps an invertible trace
+    large = _square_item(48)  # 25 %: halved on each side, frame size kept, zero border, label still binary
     out = zoom(large)
-    assert out["image"].shape == large["image"].shape and out["label"].shape == large["label"].shape
-    assert set(torch.unique(torch.as_tensor(out["label"])).tolist()) <= {0.0, 1.0}
-    assert float(torch.as_tensor(out["label"]).sum()) == pytest.approx(float(large["label"].sum()) / 4, rel=0.1)
+    image, label = torch.as_tensor(out["image"]), torch.as_tensor(out["label"])
+    assert image.shape == large["image"].shape and label.shape == large["label"].shape
+    assert not torch.equal(image, large["image"]) and float(image[:, :20].abs().max()) == 0.0
+    assert set(torch.unique(label).tolist()) <= {0.0, 1.0}
+    assert float(label.sum()) == pytest.approx(float(large["label"].sum()) / 4, rel=0.1)
+    numpy_label = {**large, "label": large["label"].numpy().astype("int64")}  # labels as read from disk
+    assert float(torch.as_tensor(zoom(numpy_label)["label"]).sum()) == pytest.approx(float(label.sum()))
+    with pytest.raises(ValueError, match="zoom-out"):
+        RandZoomOutLarged(["image", "label"], min_zoom=0.8, max_zoom=1.2)
 
 
 def test_endoscopy_zoomlarge_bank_zooms_large_polyps_out_and_repeats_views():
-    def areas(item: dict) -> list[float]:
-        bank = AugmentationBankd(augmentation_transforms("endoscopy_zoomlarge"), seed=3)
-        return [float(bank({**item, "view": v})["label"].sum()) / float(item["label"].sum()) for v in range(1, 13)]
+    bank = AugmentationBankd(augmentation_transforms("endoscopy_zoomlarge"), seed=3)
 
-    large = areas(_square_item(48))
-    assert max(large) <= 1.0 + 1e-6 and min(large) < 0.7  # only ever smaller, and most views zoomed
-    assert areas(_square_item(48)) == large  # the same views in every pass
-    assert all(a == pytest.approx(1.0) for a in areas(_square_item(24)))  # small polyps keep their size
+    def areas(item: dict, views: range) -> dict[int, float]:
+        return {v: float(bank({**item, "view": v})["label"].sum()) / float(item["label"].sum()) for v in views}
+
+    large = areas(_square_item(48), range(1, 13))
+    assert max(large.values()) <= 1.0 + 1e-6  # only ever smaller
+    assert sum(a < 0.7 for a in large.values()) >= 6  # p 0.8: most views zoomed
+    assert areas(_square_item(48), range(12, 0, -1)) == large  # the same views in any order, from the same bank
+    assert all(a == pytest.approx(1.0) for a in areas(_square_item(24), range(1, 13)).values())  # small: same size

@@ -242,7 +242,9 @@ def test_exported_train_config_has_the_ids_monai_label_and_the_train_workflow_us
 
     train = json.loads((untrained_task / "configs" / "train.json").read_text())
     assert train["train"]["trainer"]["max_epochs"] == 300 and train["iterations"] == "@train#trainer#max_epochs"
-    assert train["val_size"] == 0 and train["class_names"] == ["polyp"] and train["augmentation"] == "endoscopy_zoomlarge"
+    assert (
+        train["val_size"] == 0 and train["class_names"] == ["polyp"] and train["augmentation"] == "endoscopy_zoomlarge"
+    )
     # MONAI Label runs "run" alone: it starts with the checks and the seeding of "initialize"
     assert train["run"][: len(train["initialize"])] == train["initialize"]
     assert any("set_determinism" in e for e in train["run"]) and train["run"][-1] == train["finalize"][-1]

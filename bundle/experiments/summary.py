@@ -123,9 +123,9 @@ def paired_test(a: list[RunResult], b: list[RunResult]) -> PairedTest | None:
 
 def recorded_protocol(results: list[RunResult], root: Path) -> str:
     """One sentence on how the finished runs were made, read from their recorded ``config.json``:
-    the labelled images each used (k, or k + validation images), what the encoder was shown, the test-time
-    flips and the confidence margin of the clean-up."""
-    settings, flips, margins = set(), {}, {}
+    the labelled images each used (k, or k + validation images), what the encoder was shown, the training
+    augmentation where a data set's runs differ in it, the test-time flips and the confidence margin of the clean-up."""
+    settings, augmentations, flips, margins = set(), {}, {}, {}
     for result in results:
         path = result.run.folder(root) / "config.json"
         if result.run.seed is None or not path.is_file():
@@ -134,6 +134,7 @@ def recorded_protocol(results: list[RunResult], root: Path) -> str:
         upright = config.get("upright")  # absent before the bundle showed the encoder upright images
         settings.add((int(config.get("val_size") or 0), upright is not False and upright is not None,
                       str(config.get("prompt", "dense"))))  # fmt: skip
+        augmentations.setdefault(result.run.dataset, set()).add(str(config.get("augmentation", "flips")))
         if config.get("tta_flips"):
             flips.setdefault(result.run.dataset, set()).add(json.dumps(config["tta_flips"]))
         # absent before bundle 0.6.3: no margin
@@ -147,6 +148,9 @@ def recorded_protocol(results: list[RunResult], root: Path) -> str:
         )
         view = "upright" if upright else "transposed (the bundle before version 0.2)"
         parts.append(f"{labels}; encoder input {view}; prompt `{prompt}`")
+    for dataset, values in sorted(augmentations.items()):
+        if len(values) > 1:  # a preset changed between runs: each run's config.json says which it had
+            parts.append(f"{dataset}: training augmentation {' / '.join(f'`{v}`' for v in sorted(values))}")
     for dataset, values in sorted(flips.items()):
         parts.append(f"{dataset}: flip test-time augmentation `tta_flips` {' / '.join(sorted(values))}")
     for dataset, values in sorted(margins.items()):
