@@ -35,4 +35,4 @@ __all__ = [
     "preprocessing",
     "transforms",
 ]
-__version__ = "0.6.4"
+__version__ = "0.6.5"
