@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -67,7 +68,7 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
-def preset_value(dataset: str, key: str):
+def preset_value(dataset: str, key: str) -> Any:
     """The value of config ``key`` in a data set's preset (``configs/datasets/<dataset>.json`` over ``train.json``)."""
     from bundle.commands import merged_config
 
