@@ -66,7 +66,7 @@ RUN_KEYS = frozenset(
     {"imports", "bundle_root", "ckpt_dir", "dataset_dir", "output_dir", "device", "amp"}
     | {"num_classes", "clean_mask", "drop_unsure", "network_def", "network", "initialize", "run"}
     | {"batch_size", "embedding_cache"}  # the loader's and the cache's: training's differ from inference's
-    | {"size_prior_file"}  # beside the checkpoint in both; the export copies the file next to model.pt
+    | {"size_prior_file", "token_prior_file"}  # beside the checkpoint; the export copies the files next to model.pt
 )
 
 
@@ -384,8 +384,8 @@ def export_task(
             (``models/large_files_sam.yml``); ``model.pt`` stays in, for MONAI Label.
         volumes: a volume task: slice-wise inference on 3D images (``configs/volumes.json``), with the
             volume settings the training configs set (modality, CT window, slice axis, 2.5D context,
-            post-processing) and, for a model trained on volumes, its ``size_prior.json`` beside
-            ``model.pt`` (the size constraint's prior). It has no ``train.json``: the task folder's
+            post-processing) and, for a model trained on volumes, its ``size_prior.json`` and
+            ``token_bank.pt`` beside ``model.pt`` (the size constraint's prior, the token prior's bank). It has no ``train.json``: the task folder's
             training config takes MONAI Label's 2D studies; volumes train with the project's command.
         untrained: export the pretrained backbone with an untrained decoder LoRA and prompt (no ``ckpt``),
             the start of a task whose first labels are made in MONAI Label.
@@ -458,9 +458,10 @@ def _write_task(
         untrained_model(config_files, dest / "models" / "model.pt", overrides)
     else:
         shutil.copy(ckpt, dest / "models" / "model.pt")
-        prior = Path(ckpt).parent / "size_prior.json"  # written by volume training: the size constraint's prior
-        if volumes and prior.is_file():
-            shutil.copy(prior, dest / "models" / "size_prior.json")
+        # written by volume training: the size constraint's prior and the token prior's bank
+        for extra in ("size_prior.json", "token_bank.pt"):
+            if volumes and (Path(ckpt).parent / extra).is_file():
+                shutil.copy(Path(ckpt).parent / extra, dest / "models" / extra)
     (dest / "large_files.yml").write_text(_large_files_yml(dest / "models" / "model.pt", name))
 
     inference = inference_config(settings, volumes)

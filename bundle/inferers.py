@@ -125,6 +125,8 @@ class SliceWiseInferer(Inferer):
         context: 1 for 2.5D inputs (the neighbouring slices as channels).
         flip_vertical: planes upside down, as training took them (``--slice_flip_vertical``).
         backbone: normalise each slice as this backbone expects; ``None`` when the volume already is.
+        token_bank: a :class:`bundle.networks.token_bank.TokenBank` of the support volumes' tokens
+            (``--token_prior``): its nearest-neighbour votes multiply the network's class probabilities.
     """
 
     def __init__(
@@ -136,6 +138,7 @@ class SliceWiseInferer(Inferer):
         context: int = 0,
         backbone: str | None = None,
         flip_vertical: bool | str = False,
+        token_bank: Any = None,
     ) -> None:
         super().__init__()
         from bundle.data.volumes import VolumeSlicer, slice_axis
@@ -145,6 +148,7 @@ class SliceWiseInferer(Inferer):
         self.progress = progress
         self.slicer = VolumeSlicer(slice_axis(axis), int(context), flip_vertical)
         self.normalization = None if backbone is None else backbone_spec(backbone).normalization
+        self.token_bank = token_bank
 
     def slice_input(self, volume: Tensor, index: int) -> Tensor:
         """Slice ``index`` of one C x X x Y x Z volume as the network takes it: 3 x rows x columns."""
@@ -153,6 +157,16 @@ class SliceWiseInferer(Inferer):
         else:
             image = sam_intensity(self.slicer.image(volume, index), self.normalization)
         return image.expand(3, -1, -1) if image.shape[0] == 1 else image
+
+    def with_votes(self, logits: Tensor, x: Tensor, network: Callable[..., Tensor], size: tuple[int, int]) -> Tensor:
+        """``logits`` (N x K x rows x columns) fused with the token bank's votes for the network inputs ``x``
+        (their embeddings come from the encoder's cache): the votes take the logits' path back to the slice."""
+        from bundle.networks.token_bank import fuse_votes
+
+        votes = self.token_bank.votes(network.encode(x))
+        votes = F.interpolate(votes, size=x.shape[-2:], mode="bilinear", align_corners=False)[..., : size[0], : size[1]]
+        votes = F.interpolate(votes, size=logits.shape[-2:], mode="bilinear", align_corners=False)
+        return fuse_votes(logits, votes / votes.sum(dim=1, keepdim=True).clamp_min(1e-6))
 
     def __call__(self, inputs: Tensor, network: Callable[..., Tensor], *args, **kwargs) -> Tensor:
         if inputs.ndim != 5:
@@ -177,6 +191,8 @@ class SliceWiseInferer(Inferer):
             x, (h, w) = fit_longest_side(chunk, self.input_size)
             logits = network(x, *args, **kwargs)[..., :h, :w]
             logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+            if self.token_bank is not None:
+                logits = self.with_votes(logits, x, network, (h, w))
             logits = empty_if_constant(chunk, logits)
             if out is None:
                 check_volume_memory(inputs, logits.shape[1])

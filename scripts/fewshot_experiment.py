@@ -99,7 +99,12 @@ def run_volumes(args: argparse.Namespace, overrides: dict) -> None:
             if done.is_file():
                 record = json.loads(done.read_text())
                 plain, sized = (100 * record[key]["mean_dice"] for key in ("pred", "pred_size"))
-                print(f"{run.label} on {' '.join(args.eval_ids)}: mean Dice {plain:.1f} (size constraint {sized:.1f})")
+                voted = (
+                    f", token prior {100 * record['pred_tokens']['mean_dice']:.1f}" if "pred_tokens" in record else ""
+                )
+                print(
+                    f"{run.label} on {' '.join(args.eval_ids)}: mean Dice {plain:.1f} (size constraint {sized:.1f}{voted})"
+                )
     elif not args.no_report:
         print(volume_report(runs, settings, Path(args.report or "docs/results/volumes.md")))
     for run in failures:

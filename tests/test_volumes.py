@@ -25,6 +25,7 @@ from bundle.data.volumes import (
     volume_load_transforms,
 )
 from bundle.errors import BundleInputError
+from bundle.networks import TokenBank
 from bundle.postprocessing import SizeConstraintd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -249,15 +250,17 @@ def test_train_on_volumes_then_segment_a_folder_as_the_issue_states(tmp_path):
     assert "D1 (lower level): 1 [case_0]" in log or "D1 (lower level): 1 [" in log
     prior = json.loads((models / "size_prior.json").read_text())
     assert list(prior["volumes_ml"]) == ["liver", "spleen"] and len(prior["support"]) == 2
+    assert TokenBank.load(models / "token_bank.pt").num_classes == 3  # the support's tokens, for --token_prior
     inputs = tmp_path / "in"
     inputs.mkdir()
     test = data / "imagesTr" / "case_3.nii.gz"
     (inputs / "case_3.nii.gz").write_bytes(test.read_bytes())
-    for constraint in ("false", "true"):
-        out = tmp_path / f"out_{constraint}"
+    for constraint, tokens in (("false", "false"), ("true", "false"), ("false", "true")):
+        out = tmp_path / f"out_{constraint}_{tokens}"
         proc = _bundle("--config_file", "['configs/inference.json','configs/volumes.json']",
                        "--input_dir", str(inputs), "--output_dir", str(out), "--modality", "ct",
-                       "--ckpt", str(models / "model.pt"), *TINY, "--size_constraint", constraint)  # fmt: skip
+                       "--ckpt", str(models / "model.pt"), *TINY, "--size_constraint", constraint,
+                       "--token_prior", tokens)  # fmt: skip
         assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
         mask, source = nib.load(out / "case_3.nii.gz"), nib.load(test)
         assert mask.shape == source.shape and np.allclose(mask.affine, source.affine, atol=1e-5)
@@ -276,14 +279,16 @@ def test_train_on_volumes_then_segment_a_folder_as_the_issue_states(tmp_path):
     assert exported["modality"] == "ct" and exported["ct_window"] == "abdomen"
     assert exported["class_names"] == ["liver", "spleen"] and exported["postprocess_components"] == 1
     assert json.loads((task / "models" / "size_prior.json").read_text()) == prior
+    assert (task / "models" / "token_bank.pt").read_bytes() == (models / "token_bank.pt").read_bytes()
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-    out = tmp_path / "out_exported"
-    proc = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
-                           "--input_dir", str(inputs), "--output_dir", str(out), "--size_constraint", "true"],
-                          cwd=task, env=env, capture_output=True, text=True)  # fmt: skip
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    np.testing.assert_array_equal(nib.load(out / "case_3.nii.gz").get_fdata(),
-                                  nib.load(tmp_path / "out_true" / "case_3.nii.gz").get_fdata())  # fmt: skip
+    for option, made in (("--size_constraint", "out_true_false"), ("--token_prior", "out_false_true")):
+        out = tmp_path / f"out_exported_{option[2:]}"
+        proc = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+                               "--input_dir", str(inputs), "--output_dir", str(out), option, "true"],
+                              cwd=task, env=env, capture_output=True, text=True)  # fmt: skip
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+        np.testing.assert_array_equal(nib.load(out / "case_3.nii.gz").get_fdata(),
+                                      nib.load(tmp_path / made / "case_3.nii.gz").get_fdata())  # fmt: skip
 
 
 def test_a_dicom_series_folder_is_one_volume_and_comes_back_on_its_grid(real_data, tmp_path):

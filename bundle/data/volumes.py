@@ -359,11 +359,31 @@ class VolumeSlicing:
         items = self.slices(volumes)
         return class_balanced(items, sorted(self.value_map), self.seed) if self.class_balance else items
 
-    def training_halves(self, volumes: Sequence[dict], prior_file: str | os.PathLike) -> tuple[list[dict], list[dict]]:
-        """:meth:`halves` of the support volumes, after writing their size prior to ``prior_file``
-        (beside the checkpoint: the size constraint of inference reads it)."""
+    def training_halves(
+        self,
+        volumes: Sequence[dict],
+        prior_file: str | os.PathLike,
+        network: torch.nn.Module | None = None,
+        bank_file: str | os.PathLike | None = None,
+    ) -> tuple[list[dict], list[dict]]:
+        """:meth:`halves` of the support volumes, after writing their size prior to ``prior_file`` and, given
+        ``network`` and ``bank_file``, their token bank (both beside the checkpoint, for inference's
+        ``--size_constraint`` and ``--token_prior``)."""
         self.write_size_prior(volumes, prior_file)
+        if network is not None and bank_file is not None:
+            self.write_token_bank(volumes, network, bank_file)
         return self.halves(volumes)
+
+    def write_token_bank(self, volumes: Sequence[dict], network: torch.nn.Module, path: str | os.PathLike) -> None:
+        """The support volumes' token bank (:func:`bundle.networks.token_bank.build_token_bank`), each slice
+        taken as volume inference takes it, written to ``path`` atomically."""
+        from bundle.inferers import SliceWiseInferer
+        from bundle.networks.token_bank import build_token_bank
+
+        inferer = SliceWiseInferer(network.input_size, axis=self.slicer.axis, context=self.slicer.context,
+                                   backbone=network.backbone_name, flip_vertical=self.slicer.flip_vertical)  # fmt: skip
+        load = Compose(volume_load_transforms(self.modality, self.ct_window, self.nonfinite, with_label=True))
+        build_token_bank(network, volumes, load, self.value_map, inferer, seed=self.seed).save(path)
 
     def slices(self, volumes: Sequence[dict]) -> list[dict]:
         """The chosen slice items of ``volumes``: every slice with a structure, and empty ones at ``empty_ratio``."""

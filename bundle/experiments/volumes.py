@@ -272,12 +272,21 @@ def _intensity(data: VolumeDataSet) -> dict:
     return {"modality": data.modality, **({"ct_window": list(data.ct_window)} if data.ct_window else {})}
 
 
+# the segmenting passes of every run, scored on the same test volumes with the same model
+PASSES: dict[str, dict[str, bool]] = {
+    "pred": {"size_constraint": False, "token_prior": False},
+    "pred_size": {"size_constraint": True, "token_prior": False},
+    "pred_tokens": {"size_constraint": False, "token_prior": True},
+}
+
+
 def volume_commands(run: VolumeRun, settings: VolumeSettings, input_dir: str) -> dict[str, dict]:
     """Training (``train.json`` + ``datasets/decathlon.json``) and inference (``inference.json`` +
-    ``volumes.json``, without and with the size constraint) of ``run``: config files and overrides.
+    ``volumes.json``: plain, with the size constraint, with the token prior) of ``run``: config files and
+    overrides.
 
-    Keys ``training``, ``pred``, ``pred_size``; a per-structure variant has one model per structure, keyed
-    ``training/<name>``, ``pred/<name>``, ``pred_size/<name>``, each in its own sub-folder ``<name>/``.
+    Keys ``training`` and the :data:`PASSES`; a per-structure variant has one model per structure, keyed
+    ``training/<name>``, ``pred/<name>``, ..., each in its own sub-folder ``<name>/``.
     """
     data = VOLUME_DATASETS[run.dataset]
     folder = run.folder(settings.root)
@@ -316,7 +325,7 @@ def volume_commands(run: VolumeRun, settings: VolumeSettings, input_dir: str) ->
                 **settings.extra_overrides,
             },
         }
-        for name, constrained in (("pred", False), ("pred_size", True)):
+        for name, switches in PASSES.items():
             commands[name + suffix] = {
                 "files": [str(configs / "inference.json"), str(configs / "volumes.json")],
                 "overrides": {
@@ -325,14 +334,14 @@ def volume_commands(run: VolumeRun, settings: VolumeSettings, input_dir: str) ->
                     **({"embedding_cache": cache} if cache else {}),
                     **common,
                     "output_dir": str(out / name),
-                    "size_constraint": constrained,
+                    **switches,
                 },
             }
     return commands
 
 
 def execute_volume_run(run: VolumeRun, settings: VolumeSettings) -> dict:
-    """Train, segment the test volumes (without, then with the size constraint) and score; skipped when
+    """Train, segment the test volumes (plain, with the size constraint, with the token prior) and score; skipped when
     ``done.json`` exists. Peak memory and wall time of each command are recorded (GNU ``time``)."""
     from bundle.commands import bundle_args, run_bundle
 
@@ -352,7 +361,7 @@ def execute_volume_run(run: VolumeRun, settings: VolumeSettings) -> dict:
     commands = volume_commands(run, settings, input_dir)
     write_json_atomically(commands, folder / "command.json")
     record: dict = {"run": run.__dict__, "test_volumes": len(items)}
-    parts: dict[str, dict[str, dict]] = {"pred": {}, "pred_size": {}}  # per-structure scores to merge
+    parts: dict[str, dict[str, dict]] = {name: {} for name in PASSES}  # per-structure scores to merge
     for key, command in commands.items():
         stage, _, part = key.partition("/")
         name = key.replace("/", "_")
@@ -374,7 +383,7 @@ def execute_volume_run(run: VolumeRun, settings: VolumeSettings) -> dict:
             if part:
                 parts[stage][part] = scores
     if parts["pred"]:  # one model per structure: each scored on its own; the run's table and costs summed up
-        for stage in ("training", "pred", "pred_size"):
+        for stage in ("training", *PASSES):
             steps = [record[k] for k in commands if k.partition("/")[0] == stage]
             record[stage] = {"seconds": sum(r["seconds"] for r in steps),
                              "peak_rss_mib": max(r["peak_rss_mib"] for r in steps)}  # fmt: skip
@@ -394,15 +403,17 @@ def _mean_std(values: Sequence[float]) -> str:
     return f"{np.mean(values):.1f} ± {np.std(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
 
 
-def collect_volume_runs(runs: Sequence[VolumeRun], root: Path) -> list[tuple[VolumeRun, dict, dict, dict]]:
-    """Finished runs with their record and scores (without, with the size constraint)."""
+def collect_volume_runs(runs: Sequence[VolumeRun], root: Path) -> list[tuple[VolumeRun, dict, dict, dict, dict | None]]:
+    """Finished runs with their record and scores (plain, with the size constraint, with the token prior:
+    ``None`` for runs made before the token prior existed)."""
     found = []
     for run in runs:
         folder = run.folder(root)
         if (folder / "done.json").is_file():
+            tokens = folder / "pred_tokens_scores.json"
             found.append(
                 (run, json.loads((folder / "done.json").read_text()), load_score(folder / "pred_scores.json"),
-                 load_score(folder / "pred_size_scores.json"))
+                 load_score(folder / "pred_size_scores.json"), load_score(tokens) if tokens.is_file() else None)
             )  # fmt: skip
     return found
 
@@ -432,24 +443,30 @@ def volume_report(runs: Sequence[VolumeRun], settings: VolumeSettings, report: P
             continue
         organs = list(data.structures)
         lines += [f"## {name}", "", _protocol(data), ""]
-        header = "| k | variant | seeds | " + " | ".join(organs) + " | mean | size constraint on: mean |"
-        lines += [header, "|" + "---|" * (len(organs) + 5)]
+        header = (
+            "| k | variant | seeds | "
+            + " | ".join(organs)
+            + " | mean | size constraint on: mean | token prior on: mean |"
+        )
+        lines += [header, "|" + "---|" * (len(organs) + 6)]
         for k in sorted({r.shots for r, *_ in mine}):
             for variant in VARIANTS:
                 cell = [d for d in mine if d[0].shots == k and d[0].variant == variant]
                 if not cell:
                     continue
-                per = [_mean_std([100 * s["mean_dice"][o] for _, _, s, _ in cell]) for o in organs]
-                mean = _mean_std([100 * s["mean_dice_all"] for _, _, s, _ in cell])
-                sized = _mean_std([100 * z["mean_dice_all"] for _, _, _, z in cell])
-                lines.append(f"| {k} | {variant} | {len(cell)} | " + " | ".join(per) + f" | **{mean}** | {sized} |")
+                per = [_mean_std([100 * s["mean_dice"][o] for _, _, s, _, _ in cell]) for o in organs]
+                mean = _mean_std([100 * s["mean_dice_all"] for _, _, s, _, _ in cell])
+                sized = _mean_std([100 * z["mean_dice_all"] for _, _, _, z, _ in cell])
+                voted = _mean_std([100 * t["mean_dice_all"] for *_, t in cell if t is not None])
+                row = f"| {k} | {variant} | {len(cell)} | " + " | ".join(per) + f" | **{mean}** | {sized} | {voted} |"
+                lines.append(row)
         lines += ["", "HD95 (mm), without the size constraint:", ""]
         lines += ["| k | variant | " + " | ".join(organs) + " |", "|" + "---|" * (len(organs) + 2)]
         for k in sorted({r.shots for r, *_ in mine}):
             for variant in VARIANTS:
                 cell = [d for d in mine if d[0].shots == k and d[0].variant == variant]
                 if cell:
-                    per = [_mean_std([s["mean_hd95_mm"][o] for _, _, s, _ in cell]) for o in organs]
+                    per = [_mean_std([s["mean_hd95_mm"][o] for _, _, s, _, _ in cell]) for o in organs]
                     lines.append(f"| {k} | {variant} | " + " | ".join(per) + " |")
         if data.anchors:
             lines += ["", "Published 1-shot Dice on the same SABS volumes (their protocols differ in detail):", ""]
@@ -458,7 +475,7 @@ def volume_report(runs: Sequence[VolumeRun], settings: VolumeSettings, report: P
         lines += ["", "Cost per run (2-core CPU; see the note on what else was running):", ""]
         lines += ["| k | seed | variant | train s | train peak MiB | segment s / volume (see the reading) | "
                   "segment peak MiB |", "|---|---|---|---|---|---|---|"]  # fmt: skip
-        for run, record, _, _ in mine:
+        for run, record, *_ in mine:
             per_volume = record["pred"]["seconds"] / max(record["test_volumes"], 1)
             lines.append(
                 f"| {run.shots} | {run.seed} | {run.variant} | {record['training']['seconds']:.0f} | "
@@ -509,7 +526,7 @@ def dice_vs_k(done: list, data: VolumeDataSet, path: Path) -> Path:
             stats = []
             for k in shots:
                 vals = [100 * (s["mean_dice_all"] if organ == "mean" else s["mean_dice"][organ])
-                        for r, _, s, _ in runs if r.shots == k]  # fmt: skip
+                        for r, _, s, *_ in runs if r.shots == k]  # fmt: skip
                 stats.append((np.mean(vals), np.std(vals)))
             ax.errorbar(shots, [m for m, _ in stats], yerr=[e for _, e in stats], marker="o", capsize=3,
                         label=f"{organ} ({variant})", linewidth=2.5 if organ == "mean" else 1,

@@ -47,16 +47,28 @@ def test_commands_follow_the_command_line_contract(tmp_path):
     assert (o["modality"], o["shots"], o["test_size"], o["seed"], o["ct_window"]) == ("ct", 2, 20, 1, [75.0, 400.0])
     parsed = merged_config(train["files"], o)  # every override names a config id
     assert parsed["structures"] == o["structures"] and "volume_slicing" in parsed
-    for name, constrained in (("pred", False), ("pred_size", True)):
+    for name, constrained, tokens in (("pred", False, False), ("pred_size", True, False), ("pred_tokens", False, True)):
         c = commands[name]
         assert [Path(f).name for f in c["files"]] == ["inference.json", "volumes.json"]
         assert c["overrides"]["size_constraint"] is constrained and c["overrides"]["input_dir"] == "/data/test"
+        assert c["overrides"]["token_prior"] is tokens
+    # the bank the token prior reads is written by training, where volume inference looks for it
+    from monai.bundle import ConfigParser
+
+    written = {}
+    for name, key in (("training", "token_bank_file"), ("pred_tokens", "token_prior_file")):
+        parser = ConfigParser()
+        parser.read_config(commands[name]["files"])
+        parser.update(commands[name]["overrides"])
+        written[name] = parser.get_parsed_content(key)
+    ckpt_dir = Path(commands["training"]["overrides"]["ckpt_dir"])
+    assert Path(written["training"]) == Path(written["pred_tokens"]) == ckpt_dir / "token_bank.pt"
     assert (
         volume_commands(VolumeRun("btcv", 2, 1, "blo-sam-2.5d"), settings, "x")["pred"]["overrides"]["slice_context"]
         == 1
     )
     flipped = volume_commands(VolumeRun("btcv", 2, 1, "blo-sam-flipped"), settings, "x")
-    assert all(flipped[name]["overrides"]["slice_flip_vertical"] is True for name in ("training", "pred", "pred_size"))
+    assert all(flipped[name]["overrides"]["slice_flip_vertical"] is True for name in flipped)
     dicece = volume_commands(VolumeRun("btcv", 2, 1, "blo-sam-dicece"), settings, "x")
     assert dicece["training"]["overrides"]["dice_present_only"] is False
     assert "dice_present_only" not in dicece["pred"]["overrides"]  # a training setting only
@@ -81,7 +93,7 @@ def test_set_overrides_reach_the_segmenting_commands(tmp_path):
     commands = volume_commands(VolumeRun("btcv", 1, 0), settings, "x")
     assert commands["training"]["overrides"]["prompt"] == "dense"
     assert commands["training"]["overrides"]["augmentation_bank"] == 2
-    for name in ("pred", "pred_size"):
+    for name in ("pred", "pred_size", "pred_tokens"):
         o = commands[name]["overrides"]
         assert o["prompt"] == "dense" and "augmentation_bank" not in o
         assert merged_config(commands[name]["files"], o)["prompt"] == "dense"
@@ -114,7 +126,7 @@ def test_report_tables_and_figures_from_finished_runs(tmp_path):
         pred[np.asarray(label.dataobj) == 6] = 1
         nib.save(nib.Nifti1Image(pred, label.affine), folder / "pred" / f"{items[0]['id']}.nii.gz")
         dice = 0.5 + 0.1 * run.shots + 0.01 * run.seed
-        for name, bonus in (("pred", 0.0), ("pred_size", 0.02)):
+        for name, bonus in (("pred", 0.0), ("pred_size", 0.02), ("pred_tokens", 0.05))[: 3 if run.seed else 2]:
             scores = {"mean_dice": dict.fromkeys(organs, dice + bonus), "mean_dice_all": dice + bonus,
                       "mean_hd95_mm": dict.fromkeys(organs, 4.0)}  # fmt: skip
             (folder / f"{name}_scores.json").write_text(json.dumps(scores))
@@ -123,8 +135,9 @@ def test_report_tables_and_figures_from_finished_runs(tmp_path):
         (folder / "done.json").write_text(json.dumps(record))
     text = volume_report(runs, settings, tmp_path / "volumes.md")
     assert (
-        "| 1 | blo-sam | 2 | 60.5 ± 0.5 | 60.5 ± 0.5 | 60.5 ± 0.5 | 60.5 ± 0.5 | **60.5 ± 0.5** | 62.5 ± 0.5 |" in text
-    )
+        "| 1 | blo-sam | 2 | 60.5 ± 0.5 | 60.5 ± 0.5 | 60.5 ± 0.5 | 60.5 ± 0.5 | **60.5 ± 0.5** | 62.5 ± 0.5 | 66.0 |"
+        in text
+    )  # the token prior's column holds the runs that have its pass (seed 1): runs made before it have none
     assert "| 2 | blo-sam | 1 | 70.0 |" in text and "| AM-SAM | 87.3 | 87.1 | 84.4 | 86.0 | 86.2 |" in text
     assert "| 1 | 0 | blo-sam | 100 | 900 | 10.0 | 1200 |" in text  # 200 s over 20 test volumes
     for png in ("dice_vs_k_btcv.png", "planes_btcv.png"):
@@ -199,7 +212,8 @@ def test_one_model_per_structure_is_trained_and_scored_on_its_own_structure(tmp_
     folder = run.folder(settings.root)
     commands = volume_commands(run, settings, "x")
     organs = VOLUME_DATASETS["btcv"].structures
-    assert list(commands) == [f"{stage}/{o}" for o in organs for stage in ("training", "pred", "pred_size")]
+    stages = ("training", "pred", "pred_size", "pred_tokens")
+    assert list(commands) == [f"{stage}/{o}" for o in organs for stage in stages]
     for organ, value in organs.items():
         train = commands[f"training/{organ}"]["overrides"]
         assert train["structures"] == {organ: value} and "per_structure" not in train
@@ -227,3 +241,4 @@ def test_one_model_per_structure_is_trained_and_scored_on_its_own_structure(tmp_
     assert json.loads((folder / "liver" / "pred_scores.json").read_text())["structures"] == {"liver": 6}
     assert record["training"] == {"seconds": 12.0, "peak_rss_mib": 2.0}  # four models, summed; the peak
     assert record["pred"]["mean_dice"] == 0.25 and record["pred_size"]["seconds"] == 12.0
+    assert record["pred_tokens"]["mean_dice"] == 0.25

@@ -1,0 +1,179 @@
+"""A token bank: the support set's image-token embeddings with their class fractions, and the
+nearest-neighbour vote it gives every token of a new slice.
+
+With one labelled CT volume the trained decoder learns the liver but often misses the kidneys, although the
+frozen encoder's token embeddings tell the organs apart: labelling each 16 x 16-pixel token of a test slice by
+its nearest support tokens (cosine similarity) finds kidneys the decoder misses. Multiplying the decoder's
+class probabilities by these votes (adding their logarithm to its logits) was chosen on development volumes
+(docs/results/volumes_notes.md). It is written here rather than taken from a library because it works on the
+bundle's own cached SAM embeddings; the idea is the non-parametric label transfer of few-shot segmentation
+(e.g. PANet's prototypes, here the tokens themselves).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.transforms import Compose
+from torch import Tensor
+
+from bundle.atomic import save_atomically
+from bundle.errors import BundleInputError
+
+logger = logging.getLogger(__name__)
+
+# the fraction floor of a class's vote before its logarithm is added to the logits: a class no neighbour
+# holds is pushed down by log(1e-3), not ruled out
+VOTE_FLOOR = 1e-3
+FORMAT = 1
+
+
+@dataclass
+class TokenBank:
+    """Support tokens and their class fractions.
+
+    Args:
+        features: M x D token embeddings, L2-normalised.
+        fractions: M x K fraction of each class (background first) under each token.
+        neighbours: tokens that vote for each new token.
+    """
+
+    features: Tensor
+    fractions: Tensor
+    neighbours: int = 10
+
+    def __post_init__(self) -> None:
+        # plain tensors (not MONAI's MetaTensor), so the saved bank loads with weights_only=True
+        self.features, self.fractions = self.features.as_subclass(Tensor), self.fractions.as_subclass(Tensor)
+        if self.features.ndim != 2 or self.fractions.ndim != 2 or len(self.features) != len(self.fractions):
+            raise ValueError(
+                f"token bank: features M x D and fractions M x K expected, got {tuple(self.features.shape)} "
+                f"and {tuple(self.fractions.shape)}"
+            )
+        if len(self.features) < self.neighbours:
+            raise ValueError(f"token bank: {len(self.features)} tokens, fewer than {self.neighbours} neighbours")
+
+    @property
+    def num_classes(self) -> int:
+        """K: the classes voted for, background included."""
+        return int(self.fractions.shape[1])
+
+    @torch.no_grad()
+    def votes(self, embeddings: Tensor, chunk: int = 4096) -> Tensor:
+        """B x K x h x w: the mean class fractions of each token's nearest bank tokens, for B x D x h x w embeddings."""
+        batch, dim, h, w = embeddings.shape
+        if dim != self.features.shape[1]:
+            raise ValueError(f"token bank holds {self.features.shape[1]}-d tokens, the encoder gives {dim}-d")
+        bank = self.features.to(embeddings.device, torch.float32)
+        fractions = self.fractions.to(embeddings.device, torch.float32)
+        tokens = F.normalize(embeddings.float().permute(0, 2, 3, 1).reshape(-1, dim), dim=1)
+        out = torch.empty(len(tokens), self.num_classes, device=embeddings.device)
+        for start in range(0, len(tokens), chunk):  # N x M similarities, a chunk at a time
+            nearest = (tokens[start : start + chunk] @ bank.T).topk(self.neighbours, dim=1).indices
+            out[start : start + chunk] = fractions[nearest].mean(dim=1)
+        return out.reshape(batch, h, w, -1).permute(0, 3, 1, 2)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the bank (float16 features), atomically."""
+        state = {"format": FORMAT, "neighbours": self.neighbours}
+        save_atomically(dict(state, features=self.features.half(), fractions=self.fractions.half()), path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, neighbours: int | None = None) -> TokenBank:
+        """The bank written by :meth:`save`; ``neighbours`` overrides the stored count."""
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            features, fractions = state["features"].float(), state["fractions"].float()
+        except Exception as err:  # a missing or foreign file: say which and how to go on
+            raise BundleInputError(
+                f"{path}: not a token bank written by volume training ({err}); train on volumes first, pass "
+                "--token_prior_file <file>, or leave --token_prior false"
+            ) from err
+        return cls(features, fractions, int(neighbours or state.get("neighbours", 10)))
+
+
+def load_token_bank(path: str | os.PathLike, enabled: bool | str, neighbours: int | None = None) -> TokenBank | None:
+    """The bank at ``path`` when ``enabled`` (``--token_prior``), else ``None``."""
+    from bundle.data.volumes import switch
+
+    return TokenBank.load(path, neighbours) if switch(enabled, "--token_prior") else None
+
+
+def fuse_votes(logits: Tensor, votes: Tensor) -> Tensor:
+    """``logits`` + log(votes): the softmax of the result is the product of both distributions, renormalised."""
+    if logits.shape[1] != votes.shape[1]:
+        raise ValueError(f"token bank votes for {votes.shape[1]} classes, the network predicts {logits.shape[1]}")
+    return logits + torch.log(votes.to(logits.dtype).clamp_min(VOTE_FLOOR))
+
+
+def stratified(labels: Tensor, per_class: Mapping[int, int], seed: int = 0) -> Tensor:
+    """Indices, in order, of at most ``per_class[c]`` entries of each class ``c`` of ``labels`` (drawn with ``seed``)."""
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c, limit in per_class.items():
+        index = torch.nonzero(labels == c)[:, 0]
+        if len(index) > limit:
+            index = index[torch.from_numpy(rng.choice(len(index), size=limit, replace=False))]
+        keep.append(index)
+    return torch.cat(keep).sort().values
+
+
+@torch.no_grad()
+def build_token_bank(
+    network: torch.nn.Module,
+    volumes: Sequence[dict],
+    load: Compose,
+    value_map: Mapping[int, int],
+    inferer,
+    background_tokens: int = 8000,
+    class_tokens: int = 4000,
+    neighbours: int = 10,
+    seed: int = 0,
+) -> TokenBank:
+    """The bank of ``volumes``' tokens: each slice as the volume inference shows it to the network.
+
+    Args:
+        network: the BLO-SAM network (its frozen encoder embeds the slices; cached embeddings are reused).
+        volumes: ``{"image", "label"}`` items; ``load`` reads them (oriented, intensities scaled).
+        value_map: label value -> class index 1..C.
+        inferer: a :class:`bundle.inferers.SliceWiseInferer` with the inference's slicing settings.
+        background_tokens, class_tokens: at most this many tokens of background and of each class, drawn
+            (with ``seed``) among tokens by their majority class: a bank of a few thousand tokens per class
+            keeps the vote cheap (docs/results/volumes_notes.md).
+        neighbours: tokens that vote for each new token.
+    """
+    from bundle.inferers import fit_longest_side
+
+    classes = len(value_map) + 1
+    features, fractions = [], []
+    for volume in volumes:
+        loaded = load({"image": volume["image"], "label": volume["label"]})
+        image, raw = loaded["image"].as_tensor(), loaded["label"].as_tensor()[:1].round().long()
+        label = torch.zeros_like(raw)
+        for value, index in value_map.items():
+            label[raw == int(value)] = int(index)
+        for i in range(inferer.slicer.count(image)):
+            x, _ = fit_longest_side(inferer.slice_input(image, i)[None], inferer.input_size)
+            embedding = network.encode(x.to(next(network.parameters()).device))[0].float().cpu()  # D x h x w
+            plane = inferer.slicer.plane(label, i)[0]
+            onehot, _ = fit_longest_side(F.one_hot(plane, classes).permute(2, 0, 1)[None].float(), inferer.input_size)
+            share = F.adaptive_avg_pool2d(onehot, embedding.shape[-2:])[0]  # K x h x w: class fractions per token
+            features.append(F.normalize(embedding.reshape(embedding.shape[0], -1).T, dim=1))
+            fractions.append(share.reshape(classes, -1).T)
+    features_all, fractions_all = torch.cat(features), torch.cat(fractions)
+    limits = {0: background_tokens, **{c: class_tokens for c in range(1, classes)}}
+    keep = stratified(fractions_all.argmax(dim=1), limits, seed)
+    logger.info(f"token bank: {len(keep)} of {len(features_all)} support tokens")
+    return TokenBank(features_all[keep], fractions_all[keep], neighbours)
+
+
+def token_bank_path(ckpt: str | os.PathLike) -> Path:
+    """Where volume training writes the bank: ``token_bank.pt`` beside the checkpoint."""
+    return Path(ckpt).parent / "token_bank.pt"

@@ -1,0 +1,133 @@
+"""The token bank of support tokens: its votes, their fusion with the network's logits, writing and reading it,
+and building it from labelled volumes as volume inference slices them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from monai.transforms import Compose
+
+from bundle.data.volumes import VolumeSlicing, structure_value_map, volume_load_transforms
+from bundle.errors import BundleInputError
+from bundle.inferers import SliceWiseInferer, fit_longest_side
+from bundle.networks import BLOSAM, TokenBank, load_token_bank
+from bundle.networks.token_bank import VOTE_FLOOR, build_token_bank, fuse_votes, stratified
+
+from .test_volumes import _decathlon
+
+
+def _two_cluster_bank(neighbours: int = 3) -> TokenBank:
+    """Tokens near e0 are background, tokens near e1 are class 1, tokens near e2 half class 1, half class 2."""
+    eye = torch.eye(4)
+    features = torch.cat([eye[i].expand(5, 4) + 0.01 * torch.randn(5, 4) for i in range(3)])
+    fractions = torch.tensor([[1.0, 0, 0]] * 5 + [[0, 1.0, 0]] * 5 + [[0, 0.5, 0.5]] * 5)
+    return TokenBank(F.normalize(features, dim=1), fractions, neighbours)
+
+
+def test_votes_are_the_mean_class_fractions_of_the_nearest_tokens():
+    torch.manual_seed(0)
+    bank = _two_cluster_bank()
+    embeddings = torch.zeros(1, 4, 1, 3)
+    embeddings[0, :, 0, 0] = torch.tensor([2.0, 0, 0, 0])  # scale does not matter: cosine similarity
+    embeddings[0, :, 0, 1] = torch.tensor([0, 0.3, 0, 0])
+    embeddings[0, :, 0, 2] = torch.tensor([0, 0, 1.0, 0.1])
+    votes = bank.votes(embeddings, chunk=2)  # chunked as for a whole slice
+    assert votes.shape == (1, 3, 1, 3)
+    torch.testing.assert_close(votes[0, :, 0].T, torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0.5, 0.5]]))
+    with pytest.raises(ValueError, match="5-d"):
+        bank.votes(torch.zeros(1, 5, 2, 2))
+
+
+def test_fused_logits_give_the_product_of_both_distributions():
+    logits = torch.randn(2, 3, 4, 4)
+    votes = torch.softmax(torch.randn(2, 3, 4, 4), dim=1)
+    votes[0, 2, 0, 0] = 0.0  # a class no neighbour holds is floored, not ruled out
+    votes = votes / votes.sum(dim=1, keepdim=True)
+    fused = torch.softmax(fuse_votes(logits, votes), dim=1)
+    product = torch.softmax(logits, dim=1) * votes.clamp_min(VOTE_FLOOR)
+    torch.testing.assert_close(fused, product / product.sum(dim=1, keepdim=True))
+    with pytest.raises(ValueError, match="2 classes"):
+        fuse_votes(logits, votes[:, :2])
+
+
+def test_stratified_keeps_at_most_the_limit_of_each_class():
+    labels = torch.tensor([0] * 50 + [1] * 7 + [2] * 30)
+    keep = stratified(labels, {0: 10, 1: 10, 2: 5}, seed=1)
+    counts = torch.bincount(labels[keep], minlength=3).tolist()
+    assert counts == [10, 7, 5] and len(set(keep.tolist())) == len(keep)
+    assert torch.equal(keep, stratified(labels, {0: 10, 1: 10, 2: 5}, seed=1))  # seeded
+
+
+def test_bank_round_trip_and_a_clear_error_for_a_foreign_file(tmp_path):
+    bank = _two_cluster_bank()
+    bank.save(tmp_path / "token_bank.pt")
+    loaded = TokenBank.load(tmp_path / "token_bank.pt")
+    assert loaded.neighbours == 3 and loaded.features.dtype == torch.float32
+    torch.testing.assert_close(loaded.features, bank.features, atol=1e-3, rtol=1e-3)  # stored as float16
+    assert load_token_bank(tmp_path / "token_bank.pt", "false") is None
+    assert load_token_bank(tmp_path / "token_bank.pt", True, neighbours=5).neighbours == 5
+    torch.save({"model": {}}, tmp_path / "model.pt")
+    for path in (tmp_path / "model.pt", tmp_path / "missing.pt"):
+        with pytest.raises(BundleInputError, match=f"{path}: not a token bank.*--token_prior false"):
+            load_token_bank(path, True)
+
+
+class _Stub(torch.nn.Module):
+    """A network with fixed logits and an encoder whose embedding of a slice is its 4x4-pooled pixels."""
+
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__()
+        self.classes = classes
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(x, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(x.shape[0], self.classes, *x.shape[-2:])
+
+
+def test_slice_wise_inference_adds_the_log_votes_to_the_logits():
+    torch.manual_seed(0)
+    volume = torch.rand(1, 1, 16, 16, 3) * 255
+    bank = TokenBank(F.normalize(torch.randn(40, 3), dim=1), torch.softmax(torch.randn(40, 3), dim=1), 4)
+    plain = SliceWiseInferer(16, backbone=None)(volume, _Stub())
+    fused = SliceWiseInferer(16, backbone=None, token_bank=bank)(volume, _Stub())
+    assert torch.equal(plain, torch.zeros_like(plain))
+    probs = torch.softmax(fused, dim=1)
+    assert fused.shape == plain.shape and not torch.allclose(probs, torch.full_like(probs, 1 / 3))
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(1, 16, 16, 3))
+    # each slice's votes, brought back the logits' way, are what the fused logits hold (plain logits are 0)
+    x = SliceWiseInferer(16, backbone=None).slice_input(volume[0], 1)[None]
+    votes = F.interpolate(bank.votes(_Stub().encode(x)), size=(16, 16), mode="bilinear", align_corners=False)
+    votes = votes / votes.sum(dim=1, keepdim=True)
+    expected = SliceWiseInferer(16).slicer.from_upright(torch.log(votes.clamp_min(VOTE_FLOOR))[0])
+    torch.testing.assert_close(fused[0, :, :, :, 1], expected)
+
+
+def test_a_bank_built_from_a_support_volume_recalls_its_own_labels(tmp_path):
+    """Built as volume training builds it (every token kept), each token of the support's own slices finds
+    itself: the votes are the label's class fractions under each token."""
+    data = _decathlon(tmp_path / "data", n=1)
+    volume = {"image": str(data / "imagesTr" / "case_0.nii.gz"), "label": str(data / "labelsTr" / "case_0.nii.gz")}
+    network = BLOSAM(backbone="sam_tiny", num_classes=2, pretrained=False)
+    network.eval()
+    value_map = structure_value_map({"liver": 6, "spleen": 2})
+    load = Compose(volume_load_transforms("ct", "abdomen", with_label=True))
+    inferer = SliceWiseInferer(network.input_size, backbone=network.backbone_name)
+    bank = build_token_bank(network, [volume], load, value_map, inferer, 10**6, 10**6, neighbours=1)
+    image = load(volume)["image"].as_tensor()
+    slices = inferer.slicer.count(image)
+    inputs = [fit_longest_side(inferer.slice_input(image, i)[None], network.input_size)[0] for i in range(slices)]
+    tokens = network.encode(inputs[0]).shape[-2:].numel()
+    assert bank.features.shape[0] == slices * tokens and bank.num_classes == 3
+    assert set(torch.unique(bank.fractions.argmax(dim=1)).tolist()) == {0, 1, 2}  # both organs are in the bank
+    torch.testing.assert_close(bank.features.norm(dim=1), torch.ones(len(bank.features)))
+    for i in (0, slices // 2):  # every token kept, in slice order: a slice's own tokens vote for it
+        votes = bank.votes(network.encode(inputs[i]))[0].reshape(3, -1).T
+        torch.testing.assert_close(votes, bank.fractions[i * tokens : (i + 1) * tokens])
+    # the slicing object writes the same bank to a file, beside the size prior
+    slicing = VolumeSlicing({"liver": 6, "spleen": 2}, cache_dir=str(tmp_path / "slices"))
+    slicing.write_token_bank([volume], network, tmp_path / "models" / "token_bank.pt")
+    assert TokenBank.load(tmp_path / "models" / "token_bank.pt").features.shape[1] == bank.features.shape[1]
