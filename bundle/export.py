@@ -385,8 +385,9 @@ def export_task(
         volumes: a volume task: slice-wise inference on 3D images (``configs/volumes.json``), with the
             volume settings the training configs set (modality, CT window, slice axis, 2.5D context,
             post-processing) and, for a model trained on volumes, its ``size_prior.json`` and
-            ``token_bank.pt`` beside ``model.pt`` (the size constraint's prior, the token prior's bank). It has no ``train.json``: the task folder's
-            training config takes MONAI Label's 2D studies; volumes train with the project's command.
+            ``token_bank.pt`` beside ``model.pt`` (the size constraint's prior, the token prior's bank).
+            It has no ``train.json``: the task folder's training config takes MONAI Label's 2D studies;
+            volumes train with the project's command.
         untrained: export the pretrained backbone with an untrained decoder LoRA and prompt (no ``ckpt``),
             the start of a task whose first labels are made in MONAI Label.
     """

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,9 @@ from torch import Tensor
 from bundle.errors import BundleInputError
 from bundle.networks.backbones import backbone_spec
 from bundle.transforms import sam_intensity
+
+if TYPE_CHECKING:
+    from bundle.networks.token_bank import TokenBank
 
 # Bytes per voxel that volume inference needs beyond the output logits (4 bytes per class and voxel):
 # the label map, its int64 argmax and the clean-up's copies (measured by
@@ -138,7 +141,7 @@ class SliceWiseInferer(Inferer):
         context: int = 0,
         backbone: str | None = None,
         flip_vertical: bool | str = False,
-        token_bank: Any = None,
+        token_bank: TokenBank | None = None,
     ) -> None:
         super().__init__()
         from bundle.data.volumes import VolumeSlicer, slice_axis

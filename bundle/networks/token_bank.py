@@ -17,6 +17,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,6 +27,9 @@ from torch import Tensor
 
 from bundle.atomic import save_atomically
 from bundle.errors import BundleInputError
+
+if TYPE_CHECKING:
+    from bundle.inferers import SliceWiseInferer
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +118,7 @@ def fuse_votes(logits: Tensor, votes: Tensor) -> Tensor:
 
 
 def stratified(labels: Tensor, per_class: Mapping[int, int], seed: int = 0) -> Tensor:
-    """Indices, in order, of at most ``per_class[c]`` entries of each class ``c`` of ``labels`` (drawn with ``seed``)."""
+    """Indices, in order, of at most ``per_class[c]`` entries of each class ``c`` of ``labels`` (seeded draw)."""
     rng = np.random.default_rng(seed)
     keep = []
     for c, limit in per_class.items():
@@ -131,7 +135,7 @@ def build_token_bank(
     volumes: Sequence[dict],
     load: Compose,
     value_map: Mapping[int, int],
-    inferer,
+    inferer: SliceWiseInferer,
     background_tokens: int = 8000,
     class_tokens: int = 4000,
     neighbours: int = 10,
