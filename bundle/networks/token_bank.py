@@ -16,7 +16,6 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -176,8 +175,3 @@ def build_token_bank(
     keep = stratified(fractions_all.argmax(dim=1), limits, seed)
     logger.info(f"token bank: {len(keep)} of {len(features_all)} support tokens")
     return TokenBank(features_all[keep], fractions_all[keep], neighbours)
-
-
-def token_bank_path(ckpt: str | os.PathLike) -> Path:
-    """Where volume training writes the bank: ``token_bank.pt`` beside the checkpoint."""
-    return Path(ckpt).parent / "token_bank.pt"
