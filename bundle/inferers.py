@@ -161,13 +161,15 @@ class SliceWiseInferer(Inferer):
             image = sam_intensity(self.slicer.image(volume, index), self.normalization)
         return image.expand(3, -1, -1) if image.shape[0] == 1 else image
 
-    def with_votes(self, logits: Tensor, x: Tensor, network: Callable[..., Tensor], size: tuple[int, int]) -> Tensor:
-        """``logits`` (N x K x rows x columns) fused with the token bank's votes for the network inputs ``x``
-        (their embeddings come from the encoder's cache): the votes take the logits' path back to the slice."""
+    def with_votes(self, logits: Tensor, embeddings: Tensor, x_size: int, size: tuple[int, int]) -> Tensor:
+        """``logits`` (N x K x rows x columns) fused with the token bank's votes for the slices' ``embeddings``
+        (N x D x h x w, of network inputs ``x_size`` square, the slice in its top-left ``size``): the votes take
+        the logits' path back to the slice."""
         from bundle.networks.token_bank import fuse_votes
 
-        votes = self.token_bank.votes(network.encode(x))
-        votes = F.interpolate(votes, size=x.shape[-2:], mode="bilinear", align_corners=False)[..., : size[0], : size[1]]
+        votes = self.token_bank.votes(embeddings)
+        votes = F.interpolate(votes, size=(x_size, x_size), mode="bilinear", align_corners=False)
+        votes = votes[..., : size[0], : size[1]]
         votes = F.interpolate(votes, size=logits.shape[-2:], mode="bilinear", align_corners=False)
         return fuse_votes(logits, votes / votes.sum(dim=1, keepdim=True).clamp_min(1e-6))
 
@@ -192,10 +194,14 @@ class SliceWiseInferer(Inferer):
             chunk = torch.stack([self.slice_input(volume[b], d) for b, d in part])  # N x 3 x rows x columns
             height, width = chunk.shape[-2:]
             x, (h, w) = fit_longest_side(chunk, self.input_size)
-            logits = network(x, *args, **kwargs)[..., :h, :w]
-            logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+            if self.token_bank is None:
+                logits = network(x, *args, **kwargs)
+            else:  # one encoder pass serves the decoder and the votes (no cache needed)
+                embeddings = network.encode(x)
+                logits = network(embeddings, *args, encoded=True, **kwargs)
+            logits = F.interpolate(logits[..., :h, :w], size=(height, width), mode="bilinear", align_corners=False)
             if self.token_bank is not None:
-                logits = self.with_votes(logits, x, network, (h, w))
+                logits = self.with_votes(logits, embeddings, x.shape[-1], (h, w))
             logits = empty_if_constant(chunk, logits)
             if out is None:
                 check_volume_memory(inputs, logits.shape[1])

@@ -84,8 +84,9 @@ class _Stub(torch.nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return F.avg_pool2d(x, 4)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(x.shape[0], self.classes, *x.shape[-2:])
+    def forward(self, x: torch.Tensor, encoded: bool = False) -> torch.Tensor:
+        size = [4 * s for s in x.shape[-2:]] if encoded else x.shape[-2:]
+        return torch.zeros(x.shape[0], self.classes, *size)
 
 
 def test_slice_wise_inference_adds_the_log_votes_to_the_logits():
@@ -104,6 +105,26 @@ def test_slice_wise_inference_adds_the_log_votes_to_the_logits():
     votes = votes / votes.sum(dim=1, keepdim=True)
     expected = SliceWiseInferer(16).slicer.from_upright(torch.log(votes.clamp_min(VOTE_FLOOR))[0])
     torch.testing.assert_close(fused[0, :, :, :, 1], expected)
+
+
+def test_the_token_prior_encodes_each_slice_once_without_a_cache():
+    """The decoder and the votes share one encoder pass: a run without an embedding cache costs no more."""
+    network = BLOSAM(backbone="sam_tiny", num_classes=2, pretrained=False).eval()
+    passes = []
+    network.image_encoder.register_forward_hook(lambda module, args, out: passes.append(args[0].shape[0]))
+    volume = torch.rand(1, 1, 24, 20, 5) * 255
+    dim = network.encode(torch.zeros(1, 3, network.input_size, network.input_size)).shape[1]
+    passes.clear()
+    bank = TokenBank(F.normalize(torch.randn(30, dim), dim=1), torch.softmax(torch.randn(30, 3), dim=1), 5)
+    inferer = SliceWiseInferer(network.input_size, slices_per_batch=2, backbone=network.backbone_name)
+    with torch.no_grad():
+        plain = inferer(volume, network)
+        assert passes == [2, 2, 1]
+        passes.clear()
+        inferer.token_bank = bank
+        fused = inferer(volume, network)
+    assert passes == [2, 2, 1]  # one pass per batch of slices, as without the prior
+    assert fused.shape == plain.shape and not torch.allclose(fused, plain)
 
 
 def test_a_bank_built_from_a_support_volume_recalls_its_own_labels(tmp_path):

@@ -258,7 +258,8 @@ class BLOSAM(nn.Module):
         """Logits B x (C+1) x S x S for preprocessed images B x 3 x S x S; no prompt needed.
 
         ``encoded=True`` takes image embeddings (``encode``'s output) instead of images: for code
-        that transforms the model functionally (``torch.func``), where the cache cannot hash.
+        that transforms the model functionally (``torch.func``), where the cache cannot hash, and for
+        code that uses the embeddings too (the token prior of ``SliceWiseInferer``).
         """
         # MONAI's MetaTensor dispatches every op through Python (__torch_function__): the decoder runs
         # on plain tensors (measured: about a third of a training step went to that dispatch), and an
