@@ -129,7 +129,9 @@ class SliceWiseInferer(Inferer):
         flip_vertical: planes upside down, as training took them (``--slice_flip_vertical``).
         backbone: normalise each slice as this backbone expects; ``None`` when the volume already is.
         token_bank: a :class:`bundle.networks.token_bank.TokenBank` of the support volumes' tokens
-            (``--token_prior``): its nearest-neighbour votes multiply the network's class probabilities.
+            (``--token_prior``): its nearest-neighbour votes are fused with the network's class probabilities.
+        token_vote_weight: how: ``None`` multiplies them, a weight w in 0..1 takes w x votes + (1 - w) x the
+            network's probabilities (:func:`bundle.networks.token_bank.fuse_votes`).
     """
 
     def __init__(
@@ -142,6 +144,7 @@ class SliceWiseInferer(Inferer):
         backbone: str | None = None,
         flip_vertical: bool | str = False,
         token_bank: TokenBank | None = None,
+        token_vote_weight: float | None = None,
     ) -> None:
         super().__init__()
         from bundle.data.volumes import VolumeSlicer, slice_axis
@@ -152,6 +155,7 @@ class SliceWiseInferer(Inferer):
         self.slicer = VolumeSlicer(slice_axis(axis), int(context), flip_vertical)
         self.normalization = None if backbone is None else backbone_spec(backbone).normalization
         self.token_bank = token_bank
+        self.token_vote_weight = None if token_vote_weight is None else float(token_vote_weight)
 
     def slice_input(self, volume: Tensor, index: int) -> Tensor:
         """Slice ``index`` of one C x X x Y x Z volume as the network takes it: 3 x rows x columns."""
@@ -161,17 +165,30 @@ class SliceWiseInferer(Inferer):
             image = sam_intensity(self.slicer.image(volume, index), self.normalization)
         return image.expand(3, -1, -1) if image.shape[0] == 1 else image
 
-    def with_votes(self, logits: Tensor, embeddings: Tensor, x_size: int, size: tuple[int, int]) -> Tensor:
+    def token_positions(self, shown: Tensor, fitted: tuple[int, int], grid: tuple[int, int]) -> Tensor:
+        """grid rows x grid columns x 2: the body-box positions of the tokens of one slice as shown to the
+        network (``shown``: 3 x rows x columns, fitted to ``fitted`` of the input square); the slice itself is
+        its centre channel (:func:`bundle.networks.token_bank.body_positions`)."""
+        from bundle.networks.token_bank import body_positions
+
+        return body_positions(shown[shown.shape[0] // 2], fitted, tuple(grid), self.input_size)
+
+    def with_votes(
+        self, logits: Tensor, embeddings: Tensor, shown: Tensor, x_size: int, size: tuple[int, int]
+    ) -> Tensor:
         """``logits`` (N x K x rows x columns) fused with the token bank's votes for the slices' ``embeddings``
-        (N x D x h x w, of network inputs ``x_size`` square, the slice in its top-left ``size``): the votes take
-        the logits' path back to the slice."""
+        (N x D x h x w, of the slices ``shown`` N x 3 x rows x columns fitted to the network's ``x_size`` square,
+        in its top-left ``size``): the votes take the logits' path back to the slice."""
         from bundle.networks.token_bank import fuse_votes
 
-        votes = self.token_bank.votes(embeddings)
+        positions = None
+        if self.token_bank.uses_positions:
+            positions = torch.stack([self.token_positions(s, size, embeddings.shape[-2:]) for s in shown])
+        votes = self.token_bank.votes(embeddings, positions)
         votes = F.interpolate(votes, size=(x_size, x_size), mode="bilinear", align_corners=False)
         votes = votes[..., : size[0], : size[1]]
         votes = F.interpolate(votes, size=logits.shape[-2:], mode="bilinear", align_corners=False)
-        return fuse_votes(logits, votes / votes.sum(dim=1, keepdim=True).clamp_min(1e-6))
+        return fuse_votes(logits, votes / votes.sum(dim=1, keepdim=True).clamp_min(1e-6), self.token_vote_weight)
 
     def __call__(self, inputs: Tensor, network: Callable[..., Tensor], *args, **kwargs) -> Tensor:
         if inputs.ndim != 5:
@@ -201,7 +218,7 @@ class SliceWiseInferer(Inferer):
                 logits = network(embeddings, *args, encoded=True, **kwargs)
             logits = F.interpolate(logits[..., :h, :w], size=(height, width), mode="bilinear", align_corners=False)
             if self.token_bank is not None:
-                logits = self.with_votes(logits, embeddings, x.shape[-1], (h, w))
+                logits = self.with_votes(logits, embeddings, chunk, x.shape[-1], (h, w))
             logits = empty_if_constant(chunk, logits)
             if out is None:
                 check_volume_memory(inputs, logits.shape[1])

@@ -12,7 +12,7 @@ from bundle.data.volumes import VolumeSlicing, structure_value_map, volume_load_
 from bundle.errors import BundleInputError
 from bundle.inferers import SliceWiseInferer, fit_longest_side
 from bundle.networks import BLOSAM, TokenBank, load_token_bank
-from bundle.networks.token_bank import VOTE_FLOOR, build_token_bank, fuse_votes, stratified
+from bundle.networks.token_bank import VOTE_FLOOR, body_positions, build_token_bank, fuse_votes, stratified
 
 from .test_volumes import _decathlon
 
@@ -51,6 +51,51 @@ def test_fused_logits_give_the_product_of_both_distributions():
         fuse_votes(logits, votes[:, :2])
 
 
+def test_weighted_fusion_gives_the_weighted_mean_of_both_distributions():
+    logits = torch.randn(2, 3, 4, 4)
+    votes = torch.softmax(torch.randn(2, 3, 4, 4), dim=1)
+    votes[0, :, 0, 0] = torch.tensor([0.0, 0.0, 1.0])  # the votes can outvote the network, not only veto it
+    logits[0, :, 0, 0] = torch.tensor([0.0, 8.0, -8.0])
+    fused = torch.softmax(fuse_votes(logits, votes, vote_weight=0.75), dim=1)
+    torch.testing.assert_close(fused, 0.75 * votes + 0.25 * torch.softmax(logits, dim=1))
+    assert fused[0, :, 0, 0].argmax() == 2
+    torch.testing.assert_close(torch.softmax(fuse_votes(logits, votes, 0.0), dim=1), torch.softmax(logits, dim=1))
+    with pytest.raises(ValueError, match="within 0..1"):
+        fuse_votes(logits, votes, 1.5)
+
+
+def test_body_positions_are_relative_to_the_largest_region_above_the_floor():
+    image = torch.zeros(40, 80)  # rows x columns: a 20 x 40 body at rows 10..29, columns 20..59, and a speck
+    image[10:30, 20:60] = 5.0
+    image[0, 0] = 9.0
+    grid = body_positions(image, (8, 16), (4, 4), 16)  # fitted to 8 x 16 of a 16 x 16 input: 4 x 4 tokens
+    assert grid.shape == (4, 4, 2)
+    # token centres at input pixels 2, 6 (rows) -> slice rows 10, 30; columns 2, 6, 10, 14 -> 10, 30, 50, 70
+    torch.testing.assert_close(grid[:2, 0, 0], torch.tensor([0.0, 1.0]))
+    torch.testing.assert_close(grid[0, :, 1], torch.tensor([-0.25, 0.25, 0.75, 1.25]))
+    flat = body_positions(torch.ones(8, 8), (8, 8), (2, 2), 8)  # no body: the slice is its own box
+    torch.testing.assert_close(flat[..., 0], torch.tensor([[0.25, 0.25], [0.75, 0.75]]))
+
+
+def test_position_aware_votes_keep_look_alike_structures_apart():
+    """Two classes whose tokens look the same (left and right kidney): appearance alone mixes them, the
+    position weight gives each token the class on its side of the body."""
+    torch.manual_seed(0)
+    features = F.normalize(torch.ones(20, 4) + 0.001 * torch.randn(20, 4), dim=1)
+    fractions = torch.tensor([[0.0, 1.0, 0.0]] * 10 + [[0.0, 0.0, 1.0]] * 10)
+    positions = torch.cat([torch.full((10, 2), 0.2), torch.full((10, 2), 0.8)])
+    query = torch.ones(1, 4, 1, 2)
+    where = torch.tensor([[[[0.25, 0.2], [0.75, 0.8]]]])  # 1 x 1 x 2 x 2
+    mixed = TokenBank(features, fractions, 10, positions).votes(query)
+    assert mixed[0, 1:].min() > 0.2  # both sides get votes for both classes
+    aware = TokenBank(features, fractions, 10, positions, position_weight=1.0)
+    torch.testing.assert_close(aware.votes(query, where)[0, :, 0].T, torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]))
+    with pytest.raises(ValueError, match="positions 1 x 1 x 2 x 2"):
+        aware.votes(query)
+    with pytest.raises(ValueError, match="needs the support tokens' positions"):
+        TokenBank(features, fractions, 10, None, position_weight=1.0)
+
+
 def test_stratified_keeps_at_most_the_limit_of_each_class():
     labels = torch.tensor([0] * 50 + [1] * 7 + [2] * 30)
     keep = stratified(labels, {0: 10, 1: 10, 2: 5}, seed=1)
@@ -67,6 +112,13 @@ def test_bank_round_trip_and_a_clear_error_for_a_foreign_file(tmp_path):
     torch.testing.assert_close(loaded.features, bank.features, atol=1e-3, rtol=1e-3)  # stored as float16
     assert load_token_bank(tmp_path / "token_bank.pt", "false") is None
     assert load_token_bank(tmp_path / "token_bank.pt", True, neighbours=5).neighbours == 5
+    with pytest.raises(BundleInputError, match="no token positions.*--token_prior_position 0"):
+        load_token_bank(tmp_path / "token_bank.pt", True, position_weight=1.0)  # a bank written without them
+    placed = TokenBank(bank.features, bank.fractions, 3, torch.rand(15, 2))
+    placed.save(tmp_path / "placed.pt")
+    loaded = load_token_bank(tmp_path / "placed.pt", True, position_weight=0.5)
+    assert loaded.uses_positions and loaded.position_weight == 0.5
+    torch.testing.assert_close(loaded.positions, placed.positions, atol=1e-3, rtol=1e-3)
     torch.save({"model": {}}, tmp_path / "model.pt")
     for path in (tmp_path / "model.pt", tmp_path / "missing.pt"):
         with pytest.raises(BundleInputError, match=f"{path}: not a token bank.*--token_prior false"):
@@ -107,6 +159,24 @@ def test_slice_wise_inference_adds_the_log_votes_to_the_logits():
     torch.testing.assert_close(fused[0, :, :, :, 1], expected)
 
 
+def test_slice_wise_inference_with_position_aware_votes_and_a_weighted_mean():
+    torch.manual_seed(0)
+    volume = torch.zeros(1, 1, 16, 16, 2)
+    volume[0, 0, 2:14, 4:12] = torch.rand(12, 8, 2) * 200 + 50  # a body inside air
+    bank = TokenBank(F.normalize(torch.rand(40, 3), dim=1), torch.softmax(torch.randn(40, 3), dim=1), 4,
+                     torch.rand(40, 2), position_weight=2.0)  # fmt: skip
+    inferer = SliceWiseInferer(16, backbone=None, token_bank=bank, token_vote_weight=0.75)
+    fused = inferer(volume, _Stub())
+    x = inferer.slice_input(volume[0], 1)[None]
+    where = inferer.token_positions(x[0], (16, 16), (4, 4))[None]
+    assert where.min() < 0 and where.max() > 1  # tokens outside the body lie outside its box
+    votes = F.interpolate(bank.votes(_Stub().encode(x), where), size=(16, 16), mode="bilinear", align_corners=False)
+    votes = votes / votes.sum(dim=1, keepdim=True)
+    expected = inferer.slicer.from_upright(torch.log(0.75 * votes + 0.25 / 3)[0])  # the network's logits are 0
+    torch.testing.assert_close(fused[0, :, :, :, 1], expected)
+    torch.testing.assert_close(torch.softmax(fused, dim=1).sum(dim=1), torch.ones(1, 16, 16, 2))
+
+
 def test_the_token_prior_encodes_each_slice_once_without_a_cache():
     """The decoder and the votes share one encoder pass: a run without an embedding cache costs no more."""
     network = BLOSAM(backbone="sam_tiny", num_classes=2, pretrained=False).eval()
@@ -145,6 +215,9 @@ def test_a_bank_built_from_a_support_volume_recalls_its_own_labels(tmp_path):
     assert bank.features.shape[0] == slices * tokens and bank.num_classes == 3
     assert set(torch.unique(bank.fractions.argmax(dim=1)).tolist()) == {0, 1, 2}  # both organs are in the bank
     torch.testing.assert_close(bank.features.norm(dim=1), torch.ones(len(bank.features)))
+    assert bank.positions.shape == (len(bank.features), 2)  # each token's place in its slice's body box
+    organ = bank.fractions[:, 1:].sum(dim=1) > 0.5
+    assert 0 <= bank.positions[organ].min() and bank.positions[organ].max() <= 1  # organs lie inside the body
     for i in (0, slices // 2):  # every token kept, in slice order: a slice's own tokens vote for it
         votes = bank.votes(network.encode(inputs[i]))[0].reshape(3, -1).T
         torch.testing.assert_close(votes, bank.fractions[i * tokens : (i + 1) * tokens])

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.transforms import Compose
+from scipy import ndimage
 from torch import Tensor
 
 from bundle.atomic import save_atomically
@@ -35,7 +36,7 @@ logger = logging.getLogger(__name__)
 # the fraction floor of a class's vote before its logarithm is added to the logits: a class no neighbour
 # holds is pushed down by log(1e-3), not ruled out
 VOTE_FLOOR = 1e-3
-FORMAT = 1
+FORMAT = 2  # 2: token positions in the body box stored beside the embeddings
 
 
 @dataclass
@@ -46,11 +47,17 @@ class TokenBank:
         features: M x D token embeddings, L2-normalised.
         fractions: M x K fraction of each class (background first) under each token.
         neighbours: tokens that vote for each new token.
+        positions: M x 2 token centres (row, column) in their slice's body box, 0..1 (:func:`body_positions`).
+        position_weight: lambda of the neighbours' score, cosine similarity - lambda x squared distance of the
+            positions: 0 chooses by appearance alone; above 0 a token's neighbours come from the same part of
+            the body, which keeps look-alike structures apart (left and right kidney).
     """
 
     features: Tensor
     fractions: Tensor
     neighbours: int = 10
+    positions: Tensor | None = None
+    position_weight: float = 0.0
 
     def __post_init__(self) -> None:
         # plain tensors (not MONAI's MetaTensor), so the saved bank loads with weights_only=True
@@ -62,35 +69,60 @@ class TokenBank:
             )
         if len(self.features) < self.neighbours:
             raise ValueError(f"token bank: {len(self.features)} tokens, fewer than {self.neighbours} neighbours")
+        if self.positions is not None:
+            self.positions = self.positions.as_subclass(Tensor)
+            if tuple(self.positions.shape) != (len(self.features), 2):
+                raise ValueError(f"token bank: positions M x 2 expected, got {tuple(self.positions.shape)}")
+        if self.position_weight < 0:
+            raise ValueError(f"token bank: position weight {self.position_weight} is negative")
+        if self.position_weight > 0 and self.positions is None:
+            raise ValueError("token bank: a position weight needs the support tokens' positions")
 
     @property
     def num_classes(self) -> int:
         """K: the classes voted for, background included."""
         return int(self.fractions.shape[1])
 
+    @property
+    def uses_positions(self) -> bool:
+        """Whether the votes need each new token's position (``position_weight`` above 0)."""
+        return self.position_weight > 0
+
     @torch.no_grad()
-    def votes(self, embeddings: Tensor, chunk: int = 4096) -> Tensor:
-        """B x K x h x w: the mean class fractions of each token's nearest bank tokens, for B x D x h x w embeddings."""
+    def votes(self, embeddings: Tensor, positions: Tensor | None = None, chunk: int = 4096) -> Tensor:
+        """B x K x h x w: the mean class fractions of each token's nearest bank tokens, for B x D x h x w
+        embeddings (and, when :attr:`uses_positions`, the tokens' B x h x w x 2 body-box ``positions``)."""
         batch, dim, h, w = embeddings.shape
         if dim != self.features.shape[1]:
             raise ValueError(f"token bank holds {self.features.shape[1]}-d tokens, the encoder gives {dim}-d")
-        bank = self.features.to(embeddings.device, torch.float32)
-        fractions = self.fractions.to(embeddings.device, torch.float32)
+        device = embeddings.device
+        bank = self.features.to(device, torch.float32)
+        fractions = self.fractions.to(device, torch.float32)
         tokens = F.normalize(embeddings.float().permute(0, 2, 3, 1).reshape(-1, dim), dim=1)
-        out = torch.empty(len(tokens), self.num_classes, device=embeddings.device)
-        for start in range(0, len(tokens), chunk):  # N x M similarities, a chunk at a time
-            nearest = (tokens[start : start + chunk] @ bank.T).topk(self.neighbours, dim=1).indices
+        if self.uses_positions:
+            if positions is None or tuple(positions.shape) != (batch, h, w, 2):
+                raise ValueError(f"token bank: positions {batch} x {h} x {w} x 2 expected for position-aware votes")
+            where, bank_where = positions.reshape(-1, 2).to(device, torch.float32), self.positions.to(device)
+        out = torch.empty(len(tokens), self.num_classes, device=device)
+        for start in range(0, len(tokens), chunk):  # N x M scores, a chunk at a time
+            score = tokens[start : start + chunk] @ bank.T
+            if self.uses_positions:
+                score -= self.position_weight * torch.cdist(where[start : start + chunk], bank_where.float()).square()
+            nearest = score.topk(self.neighbours, dim=1).indices
             out[start : start + chunk] = fractions[nearest].mean(dim=1)
         return out.reshape(batch, h, w, -1).permute(0, 3, 1, 2)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the bank (float16 features), atomically."""
         state = {"format": FORMAT, "neighbours": self.neighbours}
+        if self.positions is not None:
+            state["positions"] = self.positions.half()
         save_atomically(dict(state, features=self.features.half(), fractions=self.fractions.half()), path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, neighbours: int | None = None) -> TokenBank:
-        """The bank written by :meth:`save`; ``neighbours`` overrides the stored count."""
+    def load(cls, path: str | os.PathLike, neighbours: int | None = None, position_weight: float = 0.0) -> TokenBank:
+        """The bank written by :meth:`save`; ``neighbours`` overrides the stored count; ``position_weight``
+        (:class:`TokenBank`) needs a bank that stored positions (format 2)."""
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
             features, fractions = state["features"].float(), state["fractions"].float()
@@ -99,21 +131,66 @@ class TokenBank:
                 f"{path}: not a token bank written by volume training ({err}); train on volumes first, pass "
                 "--token_prior_file <file>, or leave --token_prior false"
             ) from err
-        return cls(features, fractions, int(neighbours or state.get("neighbours", 10)))
+        positions = state.get("positions")
+        if float(position_weight) > 0 and positions is None:
+            raise BundleInputError(
+                f"{path}: this token bank holds no token positions (written before bundle 0.7); retrain on the "
+                "volumes to rewrite it, or pass --token_prior_position 0 to vote by appearance alone"
+            )
+        positions = None if positions is None else positions.float()
+        return cls(
+            features, fractions, int(neighbours or state.get("neighbours", 10)), positions, float(position_weight)
+        )
 
 
-def load_token_bank(path: str | os.PathLike, enabled: bool | str, neighbours: int | None = None) -> TokenBank | None:
+def load_token_bank(
+    path: str | os.PathLike, enabled: bool | str, neighbours: int | None = None, position_weight: float = 0.0
+) -> TokenBank | None:
     """The bank at ``path`` when ``enabled`` (``--token_prior``), else ``None``."""
     from bundle.data.volumes import switch
 
-    return TokenBank.load(path, neighbours) if switch(enabled, "--token_prior") else None
+    return TokenBank.load(path, neighbours, position_weight) if switch(enabled, "--token_prior") else None
 
 
-def fuse_votes(logits: Tensor, votes: Tensor) -> Tensor:
-    """``logits`` + log(votes): the softmax of the result is the product of both distributions, renormalised."""
+def fuse_votes(logits: Tensor, votes: Tensor, vote_weight: float | None = None) -> Tensor:
+    """Class logits fused with the votes' class distribution.
+
+    ``vote_weight`` ``None``: ``logits`` + log(votes), whose softmax is the product of both distributions,
+    renormalised. A weight w in [0, 1]: log(w x votes + (1 - w) x softmax(logits)), whose softmax is their
+    weighted mean (votes can then outvote a network that misses a structure, not only veto it).
+    """
     if logits.shape[1] != votes.shape[1]:
         raise ValueError(f"token bank votes for {votes.shape[1]} classes, the network predicts {logits.shape[1]}")
-    return logits + torch.log(votes.to(logits.dtype).clamp_min(VOTE_FLOOR))
+    if vote_weight is None:
+        return logits + torch.log(votes.to(logits.dtype).clamp_min(VOTE_FLOOR))
+    if not 0 <= float(vote_weight) <= 1:
+        raise ValueError(f"token prior: the votes' weight {vote_weight} is not within 0..1")
+    mixed = vote_weight * votes.to(logits.dtype) + (1 - vote_weight) * torch.softmax(logits, dim=1)
+    return torch.log(mixed.clamp_min(torch.finfo(logits.dtype).tiny))
+
+
+def body_positions(image: Tensor, fitted: tuple[int, int], grid: tuple[int, int], input_size: int) -> Tensor:
+    """grid rows x grid columns x 2: each token's centre (row, column) in the slice's body box, 0..1 on each axis.
+
+    ``image`` is the slice (rows x columns) before it was fitted to the network's ``input_size`` square (its
+    top-left ``fitted`` rows x columns); the tokens tile that square. The body is the largest connected region
+    above the slice's lowest value (air, and whatever the CT window or MR scaling floors with it), so a position
+    is relative to the patient rather than to the field of view. A slice without such a region is its own box.
+    """
+    rows, cols = image.shape
+    above = (image > image.min()).cpu().numpy()
+    regions, count = ndimage.label(above)
+    if count:
+        sizes = ndimage.sum_labels(above, regions, range(1, count + 1))
+        r, c = np.nonzero(regions == 1 + int(np.argmax(sizes)))
+        top, bottom, left, right = r.min(), r.max() + 1, c.min(), c.max() + 1
+    else:
+        top, bottom, left, right = 0, rows, 0, cols
+    centre_r = (torch.arange(grid[0], dtype=torch.float32) + 0.5) * input_size / grid[0] * rows / fitted[0]
+    centre_c = (torch.arange(grid[1], dtype=torch.float32) + 0.5) * input_size / grid[1] * cols / fitted[1]
+    return torch.stack(
+        torch.meshgrid((centre_r - top) / (bottom - top), (centre_c - left) / (right - left), indexing="ij"), dim=-1
+    )
 
 
 def stratified(labels: Tensor, per_class: Mapping[int, int], seed: int = 0) -> Tensor:
@@ -155,7 +232,7 @@ def build_token_bank(
     from bundle.inferers import fit_longest_side
 
     classes = len(value_map) + 1
-    features, fractions = [], []
+    features, fractions, positions = [], [], []
     for volume in volumes:
         loaded = load({"image": volume["image"], "label": volume["label"]})
         image, raw = loaded["image"].as_tensor(), loaded["label"].as_tensor()[:1].round().long()
@@ -163,8 +240,10 @@ def build_token_bank(
         for value, index in value_map.items():
             label[raw == int(value)] = int(index)
         for i in range(inferer.slicer.count(image)):
-            x, _ = fit_longest_side(inferer.slice_input(image, i)[None], inferer.input_size)
+            shown = inferer.slice_input(image, i)
+            x, fitted = fit_longest_side(shown[None], inferer.input_size)
             embedding = network.encode(x.to(next(network.parameters()).device))[0].float().cpu()  # D x h x w
+            positions.append(inferer.token_positions(shown, fitted, embedding.shape[-2:]).reshape(-1, 2))
             plane = inferer.slicer.plane(label, i)[0]
             onehot, _ = fit_longest_side(F.one_hot(plane, classes).permute(2, 0, 1)[None].float(), inferer.input_size)
             share = F.adaptive_avg_pool2d(onehot, embedding.shape[-2:])[0]  # K x h x w: class fractions per token
@@ -174,4 +253,4 @@ def build_token_bank(
     limits = {0: background_tokens, **{c: class_tokens for c in range(1, classes)}}
     keep = stratified(fractions_all.argmax(dim=1), limits, seed)
     logger.info(f"token bank: {len(keep)} of {len(features_all)} support tokens")
-    return TokenBank(features_all[keep], fractions_all[keep], neighbours)
+    return TokenBank(features_all[keep], fractions_all[keep], neighbours, torch.cat(positions)[keep])
