@@ -102,13 +102,15 @@ class TokenBank:
         if self.uses_positions:
             if positions is None or tuple(positions.shape) != (batch, h, w, 2):
                 raise ValueError(f"token bank: positions {batch} x {h} x {w} x 2 expected for position-aware votes")
-            where, bank_where = positions.reshape(-1, 2).to(device, torch.float32), self.positions.to(device)
+            # cos - lambda |p - q|^2 = cos + 2 lambda p.q - lambda |q|^2 - lambda |p|^2; the last term is the same
+            # for every bank token of a query, so one matmul of extended vectors ranks them as the full score does
+            where, bank_where = positions.reshape(-1, 2).to(device, torch.float32), self.positions.to(device).float()
+            tokens = torch.cat([tokens, 2 * self.position_weight * where, torch.ones(len(tokens), 1, device=device)], 1)
+            bias = -self.position_weight * bank_where.square().sum(dim=1, keepdim=True)
+            bank = torch.cat([bank, bank_where, bias], dim=1)
         out = torch.empty(len(tokens), self.num_classes, device=device)
         for start in range(0, len(tokens), chunk):  # N x M scores, a chunk at a time
-            score = tokens[start : start + chunk] @ bank.T
-            if self.uses_positions:
-                score -= self.position_weight * torch.cdist(where[start : start + chunk], bank_where.float()).square()
-            nearest = score.topk(self.neighbours, dim=1).indices
+            nearest = (tokens[start : start + chunk] @ bank.T).topk(self.neighbours, dim=1).indices
             out[start : start + chunk] = fractions[nearest].mean(dim=1)
         return out.reshape(batch, h, w, -1).permute(0, 3, 1, 2)
 
