@@ -466,3 +466,24 @@ def test_slice_class_balance_reaches_the_training_halves_through_the_config(tmp_
     plain, balanced = halves("false"), halves("true")
     assert sum(map(len, balanced)) > sum(map(len, plain))
     assert [{i["id"] for i in h} for h in balanced] == [{i["id"] for i in h} for h in plain]
+
+
+def test_the_report_overlay_cuts_no_test_volumes_beside_a_record_without_predictions(tmp_path):
+    """The committed record keeps no predicted volumes: redrawing the report from it must not write cut
+    copies of the (research-use) test volumes into the record's folder; with predictions the figure is drawn."""
+    from bundle.experiments.volumes import VOLUME_DATASETS, VolumeRun, VolumeSettings, overlay_planes
+
+    data = VOLUME_DATASETS["btcv"]
+    source = _decathlon(tmp_path / "btcv", n=data.test_size + 1)
+    root, run = tmp_path / "record", VolumeRun("btcv", 1, 0, "blo-sam")
+    settings = VolumeSettings(root, {"btcv": str(source)})
+    figure = tmp_path / "overlay.png"
+    assert overlay_planes(run, settings, figure) is None
+    assert not (root / "btcv").exists() and not figure.exists()
+    first = decathlon_datalist(str(source))[-data.test_size]
+    label = nib.load(first["label"])
+    (run.folder(root) / "pred").mkdir(parents=True)
+    pred = (np.asarray(label.dataobj) == 6).astype(np.uint8)  # liver only, on the uncut grid
+    nib.save(nib.Nifti1Image(pred, label.affine), run.folder(root) / "pred" / f"{first['id']}.nii.gz")
+    assert overlay_planes(run, settings, figure) == figure and figure.stat().st_size > 0
+    assert (root / "btcv" / "test" / "images").is_dir()  # the cut test volumes, where the runner puts them

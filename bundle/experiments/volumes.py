@@ -555,11 +555,15 @@ def overlay_planes(run: VolumeRun, settings: VolumeSettings, path: Path) -> Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from bundle.data.volumes import decathlon_datalist
+
     data = VOLUME_DATASETS[run.dataset]
-    items = test_items(data, settings.dataset_dirs.get(run.dataset, ""), settings.root)
-    pred_path = run.folder(settings.root) / "pred" / f"{items[0]['id']}.nii.gz"
-    if not pred_path.is_file():
+    dataset_dir = settings.dataset_dirs.get(run.dataset, "")
+    first = decathlon_datalist(dataset_dir)[-data.test_size]  # the first test volume
+    pred_path = run.folder(settings.root) / "pred" / f"{first['id']}.nii.gz"
+    if not pred_path.is_file():  # a record without predictions (the committed one): keep the figure, cut nothing
         return path if path.is_file() else None
+    items = test_items(data, dataset_dir, settings.root)
 
     def canonical(file: str | Path) -> nib.Nifti1Image:  # RAS arrays, so the planes can be shown upright
         return nib.as_closest_canonical(nib.load(file))
