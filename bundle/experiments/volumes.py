@@ -559,7 +559,7 @@ def overlay_planes(run: VolumeRun, settings: VolumeSettings, path: Path) -> Path
 
     data = VOLUME_DATASETS[run.dataset]
     dataset_dir = settings.dataset_dirs.get(run.dataset, "")
-    first = decathlon_datalist(dataset_dir)[-data.test_size]  # the first test volume
+    first = decathlon_datalist(dataset_dir)[-data.test_size :][0]  # the first test volume, as test_items slices
     pred_path = run.folder(settings.root) / "pred" / f"{first['id']}.nii.gz"
     if not pred_path.is_file():  # a record without predictions (the committed one): keep the figure, cut nothing
         return path if path.is_file() else None
