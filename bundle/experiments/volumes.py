@@ -457,7 +457,10 @@ def volume_report(runs: Sequence[VolumeRun], settings: VolumeSettings, report: P
                 per = [_mean_std([100 * s["mean_dice"][o] for _, _, s, _, _ in cell]) for o in organs]
                 mean = _mean_std([100 * s["mean_dice_all"] for _, _, s, _, _ in cell])
                 sized = _mean_std([100 * z["mean_dice_all"] for _, _, _, z, _ in cell])
-                voted = _mean_std([100 * t["mean_dice_all"] for *_, t in cell if t is not None])
+                tokens = [100 * t["mean_dice_all"] for *_, t in cell if t is not None]
+                voted = _mean_std(tokens)
+                if 0 < len(tokens) < len(cell):  # runs made before the token prior have no such pass: say so
+                    voted += f" ({len(tokens)} of {len(cell)} seeds)"
                 row = f"| {k} | {variant} | {len(cell)} | " + " | ".join(per) + f" | **{mean}** | {sized} | {voted} |"
                 lines.append(row)
         lines += ["", "HD95 (mm), without the size constraint:", ""]
@@ -476,10 +479,12 @@ def volume_report(runs: Sequence[VolumeRun], settings: VolumeSettings, report: P
         lines += ["| k | seed | variant | train s | train peak MiB | segment s / volume (see the reading) | "
                   "segment peak MiB |", "|---|---|---|---|---|---|---|"]  # fmt: skip
         for run, record, *_ in mine:
-            per_volume = record["pred"]["seconds"] / max(record["test_volumes"], 1)
+            # a pass run in parts, one of them stopped before its end, has no time for all its volumes
+            timed = not record["pred"].get("parts_without_time")
+            per_volume = f"{record['pred']['seconds'] / max(record['test_volumes'], 1):.1f}" if timed else "–"
             lines.append(
                 f"| {run.shots} | {run.seed} | {run.variant} | {record['training']['seconds']:.0f} | "
-                f"{record['training']['peak_rss_mib']:.0f} | {per_volume:.1f} | {record['pred']['peak_rss_mib']:.0f} |"
+                f"{record['training']['peak_rss_mib']:.0f} | {per_volume} | {record['pred']['peak_rss_mib']:.0f} |"
             )
         made = [dice_vs_k(mine, data, fig_dir / f"dice_vs_k_{name}.png")]
         first = min(mine, key=lambda d: (d[0].seed, -d[0].shots))

@@ -132,14 +132,18 @@ def test_report_tables_and_figures_from_finished_runs(tmp_path):
             (folder / f"{name}_scores.json").write_text(json.dumps(scores))
         record = {"run": run.__dict__, "test_volumes": 20, "training": {"seconds": 100.0, "peak_rss_mib": 900.0},
                   "pred": {"seconds": 200.0, "peak_rss_mib": 1200.0}}  # fmt: skip
+        if run.shots == 2:  # a pass run in parts, one stopped before its end: no time per volume
+            record["pred"]["parts_without_time"] = 1
         (folder / "done.json").write_text(json.dumps(record))
     text = volume_report(runs, settings, tmp_path / "volumes.md")
     assert (
-        "| 1 | blo-sam | 2 | 60.5 ± 0.5 | 60.5 ± 0.5 | 60.5 ± 0.5 | 60.5 ± 0.5 | **60.5 ± 0.5** | 62.5 ± 0.5 | 66.0 |"
+        "| 1 | blo-sam | 2 | 60.5 ± 0.5 | 60.5 ± 0.5 | 60.5 ± 0.5 | 60.5 ± 0.5 | **60.5 ± 0.5** | 62.5 ± 0.5 | 66.0 (1 of 2 seeds) |"
         in text
-    )  # the token prior's column holds the runs that have its pass (seed 1): runs made before it have none
+    )  # the token prior's column holds the runs that have its pass (seed 1) and says how many: runs made before
+    # it have none
     assert "| 2 | blo-sam | 1 | 70.0 |" in text and "| AM-SAM | 87.3 | 87.1 | 84.4 | 86.0 | 86.2 |" in text
     assert "| 1 | 0 | blo-sam | 100 | 900 | 10.0 | 1200 |" in text  # 200 s over 20 test volumes
+    assert "| 2 | 0 | blo-sam | 100 | 900 | – | 1200 |" in text
     for png in ("dice_vs_k_btcv.png", "planes_btcv.png"):
         assert (tmp_path / "volumes" / png).stat().st_size > 10_000
     # every variant the runner takes is described once, from the same record that holds its overrides
