@@ -151,6 +151,22 @@ def test_report_tables_and_figures_from_finished_runs(tmp_path):
         assert text.count(f"`{variant.name}` {variant.description}") == 1
 
 
+def test_the_figure_shows_the_token_prior_only_where_every_seed_has_it():
+    """Dice against k: the token prior's mean at a k is over all that k's runs or not drawn (the table then says
+    "n of m seeds"); other variants' runs do not count."""
+    from bundle.experiments.volumes import token_prior_by_k
+
+    def run(k: int, seed: int, tokens: float | None, variant: str = "blo-sam") -> tuple:
+        score = None if tokens is None else {"mean_dice_all": tokens}
+        return VolumeRun("btcv", k, seed, variant), {}, {"mean_dice_all": 0.5}, {"mean_dice_all": 0.5}, score
+
+    done = [run(1, 0, 0.8), run(1, 1, 0.9), run(2, 0, 0.85), run(2, 1, None), run(4, 0, None, "joint")]
+    done.append(run(4, 1, 0.7, "joint"))
+    assert token_prior_by_k(done, "blo-sam") == {1: [80.0, 90.0]}  # k = 2 has one seed without the pass
+    assert token_prior_by_k(done, "joint") == {}  # one of its k = 4 runs has no token pass
+    assert token_prior_by_k(done[:3], "blo-sam") == {1: [80.0, 90.0], 2: [85.0]}
+
+
 def test_development_volumes_come_from_the_support_pool_only(tmp_path):
     """``--eval_ids``: scoring on pool volumes (to choose settings) never touches the test split."""
     import dataclasses
