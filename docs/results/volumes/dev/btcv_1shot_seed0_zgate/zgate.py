@@ -23,7 +23,7 @@ import torch
 from monai.transforms import KeepLargestConnectedComponent
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[5]))  # the project root, for bundle.*
-from bundle.experiments.volumes import VOLUME_DATASETS, score_folder  # noqa: E402
+from bundle.experiments.volumes import VOLUME_DATASETS, load_score, score_folder  # noqa: E402
 
 MARGINS_MM = (0, 10, 20)
 GATED = {"all": (1, 2, 3, 4), "liver": (1,)}  # class values: liver 1, spleen 2, left kidney 3, right kidney 4
@@ -47,9 +47,7 @@ def main(run: Path, volumes: Path) -> None:
     structures = VOLUME_DATASETS["btcv"].structures
     ids = sorted(p.name[: -len(".nii.gz")] for p in (run / "pred_tokens").glob("*.nii.gz"))
     items = [{"id": i, "label": str(volumes / "labels" / f"{i}.nii.gz")} for i in ids]
-    rows = {}
-    for name in ("pred", "pred_tokens"):
-        rows[name] = score_folder(run / name, items, structures, run / f"{name}_rescored.json")
+    rows = {name: load_score(run / f"{name}_scores.json") for name in ("pred", "pred_tokens")}  # the runner's
     for classes, values in GATED.items():
         for margin in MARGINS_MM:
             variant = f"pred_tokens_zgate_{classes}_{margin}mm"
