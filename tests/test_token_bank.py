@@ -225,3 +225,45 @@ def test_a_bank_built_from_a_support_volume_recalls_its_own_labels(tmp_path):
     slicing = VolumeSlicing({"liver": 6, "spleen": 2}, cache_dir=str(tmp_path / "slices"))
     slicing.write_token_bank([volume], network, tmp_path / "models" / "token_bank.pt")
     assert TokenBank.load(tmp_path / "models" / "token_bank.pt").features.shape[1] == bank.features.shape[1]
+
+
+def test_the_bank_holds_the_same_tokens_as_a_draw_from_every_support_token(tmp_path):
+    """The bank draws its tokens from the labels first and encodes after: the result is the bank that keeping
+    every support token and drawing from them gives (the earlier way, which held all of them in memory)."""
+    data = _decathlon(tmp_path / "data", n=2)
+    volumes = [
+        {"image": str(data / "imagesTr" / f"case_{i}.nii.gz"), "label": str(data / "labelsTr" / f"case_{i}.nii.gz")}
+        for i in range(2)
+    ]
+    network = BLOSAM(backbone="sam_tiny", num_classes=2, pretrained=False).eval()
+    value_map = structure_value_map({"liver": 6, "spleen": 2})
+    load = Compose(volume_load_transforms("ct", "abdomen", with_label=True))
+    inferer = SliceWiseInferer(network.input_size, backbone=network.backbone_name)
+    features, fractions, positions = [], [], []
+    for volume in volumes:  # every token of every slice, as inference shows it
+        loaded = load(volume)
+        image, raw = loaded["image"].as_tensor(), loaded["label"].as_tensor()[:1].round().long()
+        label = torch.zeros_like(raw)
+        for value, index in value_map.items():
+            label[raw == value] = index
+        for i in range(inferer.slicer.count(image)):
+            shown = inferer.slice_input(image, i)
+            x, fitted = fit_longest_side(shown[None], network.input_size)
+            embedding = network.encode(x)[0]
+            features.append(F.normalize(embedding.reshape(embedding.shape[0], -1).T, dim=1))
+            positions.append(inferer.token_positions(shown, fitted, embedding.shape[-2:]).reshape(-1, 2))
+            onehot, _ = fit_longest_side(F.one_hot(inferer.slicer.plane(label, i)[0], 3).permute(2, 0, 1)[None].float(),
+                                         network.input_size)  # fmt: skip
+            fractions.append(F.adaptive_avg_pool2d(onehot, embedding.shape[-2:])[0].reshape(3, -1).T)
+    labels = torch.cat(fractions).argmax(dim=1)
+    counts = torch.bincount(labels, minlength=3)
+    assert counts.min() > 3  # both organs and the background have tokens to draw from
+    caps = (int(counts[0]) // 3, int(counts[1:].min()) // 2)  # fewer than there are: the draw matters
+    keep = stratified(labels, {0: caps[0], 1: caps[1], 2: caps[1]}, seed=5)
+    bank = build_token_bank(network, volumes, load, value_map, inferer, *caps, neighbours=1, seed=5)
+    assert len(bank.features) == len(keep) < len(labels)
+    torch.testing.assert_close(bank.features, torch.cat(features)[keep])
+    torch.testing.assert_close(bank.fractions, torch.cat(fractions)[keep])
+    torch.testing.assert_close(bank.positions, torch.cat(positions)[keep])
+    with pytest.raises(ValueError, match="no support volumes"):
+        build_token_bank(network, [], load, value_map, inferer)

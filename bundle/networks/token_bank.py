@@ -233,26 +233,51 @@ def build_token_bank(
     """
     from bundle.inferers import fit_longest_side
 
-    classes = len(value_map) + 1
-    features, fractions, positions = [], [], []
+    if not volumes:
+        raise ValueError("token bank: no support volumes")
+    # Two passes, so that only the kept tokens' features are ever held: the class fractions and positions need
+    # the labels alone, so the draw is made first and the encoder's features are gathered after it (all support
+    # tokens would be 2.6 M x 256 floats at k = 4, about 5 GiB with the list they are joined from).
+    device = next(network.parameters()).device
+    classes, grid = len(value_map) + 1, None
+    fractions, positions, counts = [], [], []
     for volume in volumes:
-        loaded = load({"image": volume["image"], "label": volume["label"]})
-        image, raw = loaded["image"].as_tensor(), loaded["label"].as_tensor()[:1].round().long()
-        label = torch.zeros_like(raw)
-        for value, index in value_map.items():
-            label[raw == int(value)] = int(index)
-        for i in range(inferer.slicer.count(image)):
+        image, label = _support_volume(volume, load, value_map)
+        counts.append(inferer.slicer.count(image))
+        for i in range(counts[-1]):
             shown = inferer.slice_input(image, i)
             x, fitted = fit_longest_side(shown[None], inferer.input_size)
-            embedding = network.encode(x.to(next(network.parameters()).device))[0].float().cpu()  # D x h x w
-            positions.append(inferer.token_positions(shown, fitted, embedding.shape[-2:]).reshape(-1, 2))
+            if grid is None:  # the encoder's token grid: the same for every slice, each fitted to the input square
+                grid = tuple(network.encode(x.to(device)).shape[-2:])
+            positions.append(inferer.token_positions(shown, fitted, grid).reshape(-1, 2))
             plane = inferer.slicer.plane(label, i)[0]
             onehot, _ = fit_longest_side(F.one_hot(plane, classes).permute(2, 0, 1)[None].float(), inferer.input_size)
-            share = F.adaptive_avg_pool2d(onehot, embedding.shape[-2:])[0]  # K x h x w: class fractions per token
-            features.append(F.normalize(embedding.reshape(embedding.shape[0], -1).T, dim=1))
+            share = F.adaptive_avg_pool2d(onehot, grid)[0]  # K x h x w: class fractions per token
             fractions.append(share.reshape(classes, -1).T)
-    features_all, fractions_all = torch.cat(features), torch.cat(fractions)
+    fractions_all = torch.cat(fractions)
     limits = {0: background_tokens, **{c: class_tokens for c in range(1, classes)}}
     keep = stratified(fractions_all.argmax(dim=1), limits, seed)
-    logger.info(f"token bank: {len(keep)} of {len(features_all)} support tokens")
-    return TokenBank(features_all[keep], fractions_all[keep], neighbours, torch.cat(positions)[keep])
+    logger.info(f"token bank: {len(keep)} of {len(fractions_all)} support tokens")
+    tokens_per_slice = grid[0] * grid[1]
+    slice_of = keep // tokens_per_slice
+    features, first = [], 0
+    for volume, count in zip(volumes, counts, strict=True):
+        wanted = torch.unique(slice_of[(slice_of >= first) & (slice_of < first + count)])
+        image = _support_volume(volume, load, value_map)[0] if len(wanted) else None
+        for s in wanted.tolist():  # in order, so the features line up with the sorted ``keep``
+            x, _ = fit_longest_side(inferer.slice_input(image, s - first)[None], inferer.input_size)
+            embedding = network.encode(x.to(device))[0].float().cpu()  # D x h x w
+            tokens = F.normalize(embedding.reshape(embedding.shape[0], -1).T, dim=1)
+            features.append(tokens[keep[slice_of == s] - s * tokens_per_slice])
+        first += count
+    return TokenBank(torch.cat(features), fractions_all[keep], neighbours, torch.cat(positions)[keep])
+
+
+def _support_volume(volume: dict, load: Compose, value_map: Mapping[int, int]) -> tuple[Tensor, Tensor]:
+    """A support volume's image and its label as class indices 0..C (``value_map``: label value -> index)."""
+    loaded = load({"image": volume["image"], "label": volume["label"]})
+    image, raw = loaded["image"].as_tensor(), loaded["label"].as_tensor()[:1].round().long()
+    label = torch.zeros_like(raw)
+    for value, index in value_map.items():
+        label[raw == int(value)] = int(index)
+    return image, label
