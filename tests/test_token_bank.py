@@ -96,6 +96,28 @@ def test_position_aware_votes_keep_look_alike_structures_apart():
         TokenBank(features, fractions, 10, None, position_weight=1.0)
 
 
+def test_balanced_votes_weigh_each_token_by_its_strata_inverse_sampling_rate():
+    """Background kept 1 in 4, the organ 1 in 1: with gamma 1 a background neighbour counts 4 times, with
+    gamma 0.5 twice; gamma 0 gives the plain mean, and the votes stay a class distribution."""
+    features = F.normalize(torch.ones(4, 4) + 0.01 * torch.eye(4), dim=1)  # all four are neighbours of the query
+    fractions = torch.tensor([[1.0, 0.0]] * 2 + [[0.0, 1.0]] * 2)
+    strata, counts = torch.tensor([0, 0, 1, 1]), torch.tensor([8, 2])
+    query = torch.ones(1, 4, 1, 1)
+    for gamma, background in ((0.0, 0.5), (0.5, 2 * 2 / (2 * 2 + 2)), (1.0, 4 * 2 / (4 * 2 + 2))):
+        bank = TokenBank(features, fractions, 4, strata=strata, stratum_counts=counts, balance=gamma)
+        votes = bank.votes(query, chunk=1)[0, :, 0, 0]
+        torch.testing.assert_close(votes, torch.tensor([background, 1 - background]))
+    assert TokenBank(features, fractions, 4, strata=strata, stratum_counts=counts).vote_weights is None  # gamma 0
+    with pytest.raises(ValueError, match="a balance needs each token's stratum"):
+        TokenBank(features, fractions, 4, balance=1.0)
+    with pytest.raises(ValueError, match="strata and stratum counts go together"):
+        TokenBank(features, fractions, 4, strata=strata)
+    with pytest.raises(ValueError, match="more tokens kept"):
+        TokenBank(features, fractions, 4, strata=strata, stratum_counts=torch.tensor([8, 1]))
+    with pytest.raises(ValueError, match="balance -1.0 is negative"):
+        TokenBank(features, fractions, 4, strata=strata, stratum_counts=counts, balance=-1.0)
+
+
 def test_stratified_keeps_at_most_the_limit_of_each_class():
     labels = torch.tensor([0] * 50 + [1] * 7 + [2] * 30)
     keep = stratified(labels, {0: 10, 1: 10, 2: 5}, seed=1)
@@ -119,6 +141,13 @@ def test_bank_round_trip_and_a_clear_error_for_a_foreign_file(tmp_path):
     loaded = load_token_bank(tmp_path / "placed.pt", True, position_weight=0.5)
     assert loaded.uses_positions and loaded.position_weight == 0.5
     torch.testing.assert_close(loaded.positions, placed.positions, atol=1e-3, rtol=1e-3)
+    with pytest.raises(BundleInputError, match="no token strata.*--token_prior_balance 0"):
+        load_token_bank(tmp_path / "placed.pt", True, balance=0.5)  # a bank written before bundle 0.8
+    strata, counts = bank.fractions.argmax(dim=1), torch.tensor([50, 20, 10])
+    TokenBank(bank.features, bank.fractions, 3, strata=strata, stratum_counts=counts).save(tmp_path / "strata.pt")
+    loaded = load_token_bank(tmp_path / "strata.pt", True, balance=0.5)
+    assert torch.equal(loaded.strata, strata) and torch.equal(loaded.stratum_counts, counts)
+    assert loaded.balance == 0.5 and loaded.vote_weights is not None
     torch.save({"model": {}}, tmp_path / "model.pt")
     for path in (tmp_path / "model.pt", tmp_path / "missing.pt"):
         with pytest.raises(BundleInputError, match=f"{path}: not a token bank.*--token_prior false"):
@@ -265,5 +294,11 @@ def test_the_bank_holds_the_same_tokens_as_a_draw_from_every_support_token(tmp_p
     torch.testing.assert_close(bank.features, torch.cat(features)[keep])
     torch.testing.assert_close(bank.fractions, torch.cat(fractions)[keep])
     torch.testing.assert_close(bank.positions, torch.cat(positions)[keep])
+    # each kept token's stratum and every stratum's count before the draw, for the balanced votes
+    assert torch.equal(bank.strata, labels[keep]) and torch.equal(bank.stratum_counts, counts)
+    bank.save(tmp_path / "bank.pt")
+    balanced = TokenBank.load(tmp_path / "bank.pt", balance=1.0)
+    kept = torch.bincount(labels[keep], minlength=3)
+    torch.testing.assert_close(balanced.vote_weights, (counts / kept).float()[labels[keep]])
     with pytest.raises(ValueError, match="no support volumes"):
         build_token_bank(network, [], load, value_map, inferer)

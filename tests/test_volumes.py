@@ -255,12 +255,14 @@ def test_train_on_volumes_then_segment_a_folder_as_the_issue_states(tmp_path):
     inputs.mkdir()
     test = data / "imagesTr" / "case_3.nii.gz"
     (inputs / "case_3.nii.gz").write_bytes(test.read_bytes())
-    for constraint, tokens in (("false", "false"), ("true", "false"), ("false", "true")):
-        out = tmp_path / f"out_{constraint}_{tokens}"
+    assert TokenBank.load(models / "token_bank.pt", balance=1.0).vote_weights is not None  # strata stored
+    for constraint, tokens, balance in (("false", "false", ""), ("true", "false", ""), ("false", "true", ""),
+                                        ("false", "true", "1.0")):  # fmt: skip
+        out = tmp_path / f"out_{constraint}_{tokens}{balance}"
         proc = _bundle("--config_file", "['configs/inference.json','configs/volumes.json']",
                        "--input_dir", str(inputs), "--output_dir", str(out), "--modality", "ct",
                        "--ckpt", str(models / "model.pt"), *TINY, "--size_constraint", constraint,
-                       "--token_prior", tokens)  # fmt: skip
+                       "--token_prior", tokens, *(("--token_prior_balance", balance) if balance else ()))  # fmt: skip
         assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
         mask, source = nib.load(out / "case_3.nii.gz"), nib.load(test)
         assert mask.shape == source.shape and np.allclose(mask.affine, source.affine, atol=1e-5)

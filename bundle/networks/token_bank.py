@@ -36,7 +36,8 @@ logger = logging.getLogger(__name__)
 # the fraction floor of a class's vote before its logarithm is added to the logits: a class no neighbour
 # holds is pushed down by log(1e-3), not ruled out
 VOTE_FLOOR = 1e-3
-FORMAT = 2  # 2: token positions in the body box stored beside the embeddings
+FORMAT = 3  # 2: token positions in the body box stored beside the embeddings; 3: each token's stratum and the
+# support's token count per stratum, before the draw (for ``balance``)
 
 
 @dataclass
@@ -51,6 +52,12 @@ class TokenBank:
         position_weight: lambda of the neighbours' score, cosine similarity - lambda x squared distance of the
             positions: 0 chooses by appearance alone; above 0 a token's neighbours come from the same part of
             the body, which keeps look-alike structures apart (left and right kidney).
+        strata: M stratum of each token: the class the draw counted it under (its majority class).
+        stratum_counts: K support tokens of each stratum before the draw.
+        balance: gamma: each voting token weighs (stratum count / stratum kept) ^ gamma. The draw keeps at most
+            a fixed number of tokens per stratum, so with more support volumes the background keeps a smaller
+            share of its tokens than the organs; gamma 1 restores the support's own class balance among the
+            voters, 0 (the default) counts every kept token alike.
     """
 
     features: Tensor
@@ -58,6 +65,9 @@ class TokenBank:
     neighbours: int = 10
     positions: Tensor | None = None
     position_weight: float = 0.0
+    strata: Tensor | None = None
+    stratum_counts: Tensor | None = None
+    balance: float = 0.0
 
     def __post_init__(self) -> None:
         # plain tensors (not MONAI's MetaTensor), so the saved bank loads with weights_only=True
@@ -77,6 +87,34 @@ class TokenBank:
             raise ValueError(f"token bank: position weight {self.position_weight} is negative")
         if self.position_weight > 0 and self.positions is None:
             raise ValueError("token bank: a position weight needs the support tokens' positions")
+        self.vote_weights = self._vote_weights()
+
+    def _vote_weights(self) -> Tensor | None:
+        """M weights of the tokens' votes for ``balance`` above 0 (``None``: every vote counts alike)."""
+        if self.balance < 0:
+            raise ValueError(f"token bank: balance {self.balance} is negative")
+        if (self.strata is None) != (self.stratum_counts is None):
+            raise ValueError("token bank: strata and stratum counts go together")
+        if self.strata is None:
+            if self.balance > 0:
+                raise ValueError("token bank: a balance needs each token's stratum and the stratum counts")
+            return None
+        self.strata = self.strata.as_subclass(Tensor).long()
+        self.stratum_counts = self.stratum_counts.as_subclass(Tensor).long()
+        if tuple(self.strata.shape) != (len(self.features),) or tuple(self.stratum_counts.shape) != (self.num_classes,):
+            raise ValueError(
+                f"token bank: {len(self.features)} strata and {self.num_classes} stratum counts expected, got "
+                f"{tuple(self.strata.shape)} and {tuple(self.stratum_counts.shape)}"
+            )
+        kept = torch.bincount(self.strata, minlength=self.num_classes)
+        if (kept > self.stratum_counts).any():
+            raise ValueError(
+                f"token bank: more tokens kept {kept.tolist()} than counted {self.stratum_counts.tolist()}"
+            )
+        if self.balance == 0:
+            return None
+        rate = self.stratum_counts.double() / kept.clamp_min(1).double()
+        return rate[self.strata].pow(self.balance).float()
 
     @property
     def num_classes(self) -> int:
@@ -108,10 +146,16 @@ class TokenBank:
             tokens = torch.cat([tokens, 2 * self.position_weight * where, torch.ones(len(tokens), 1, device=device)], 1)
             bias = -self.position_weight * bank_where.square().sum(dim=1, keepdim=True)
             bank = torch.cat([bank, bank_where, bias], dim=1)
+        weights = None if self.vote_weights is None else self.vote_weights.to(device)
         out = torch.empty(len(tokens), self.num_classes, device=device)
         for start in range(0, len(tokens), chunk):  # N x M scores, a chunk at a time
             nearest = (tokens[start : start + chunk] @ bank.T).topk(self.neighbours, dim=1).indices
-            out[start : start + chunk] = fractions[nearest].mean(dim=1)
+            if weights is None:
+                out[start : start + chunk] = fractions[nearest].mean(dim=1)
+            else:  # the weighted mean of the neighbours' class fractions
+                weight = weights[nearest]
+                voted = (fractions[nearest] * weight[..., None]).sum(dim=1)
+                out[start : start + chunk] = voted / weight.sum(dim=1, keepdim=True)
         return out.reshape(batch, h, w, -1).permute(0, 3, 1, 2)
 
     def save(self, path: str | os.PathLike) -> None:
@@ -119,12 +163,18 @@ class TokenBank:
         state = {"format": FORMAT, "neighbours": self.neighbours}
         if self.positions is not None:
             state["positions"] = self.positions.half()
+        if self.strata is not None:
+            state.update(strata=self.strata.to(torch.uint8 if self.num_classes <= 256 else torch.long))
+            state.update(stratum_counts=self.stratum_counts)
         save_atomically(dict(state, features=self.features.half(), fractions=self.fractions.half()), path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, neighbours: int | None = None, position_weight: float = 0.0) -> TokenBank:
+    def load(
+        cls, path: str | os.PathLike, neighbours: int | None = None, position_weight: float = 0.0, balance: float = 0.0
+    ) -> TokenBank:
         """The bank written by :meth:`save`; ``neighbours`` overrides the stored count; ``position_weight``
-        (:class:`TokenBank`) needs a bank that stored positions (format 2)."""
+        (:class:`TokenBank`) needs a bank that stored positions (format 2), ``balance`` one that stored the
+        strata (format 3)."""
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
             features, fractions = state["features"].float(), state["fractions"].float()
@@ -139,19 +189,28 @@ class TokenBank:
                 f"{path}: this token bank holds no token positions (written before bundle 0.7); retrain on the "
                 "volumes to rewrite it, or pass --token_prior_position 0 to vote by appearance alone"
             )
+        if float(balance) > 0 and "strata" not in state:
+            raise BundleInputError(
+                f"{path}: this token bank holds no token strata (written before bundle 0.8); retrain on the "
+                "volumes to rewrite it, or pass --token_prior_balance 0"
+            )
         positions = None if positions is None else positions.float()
-        return cls(
-            features, fractions, int(neighbours or state.get("neighbours", 10)), positions, float(position_weight)
-        )
+        neighbours = int(neighbours or state.get("neighbours", 10))
+        strata, counts = state.get("strata"), state.get("stratum_counts")
+        return cls(features, fractions, neighbours, positions, float(position_weight), strata, counts, float(balance))
 
 
 def load_token_bank(
-    path: str | os.PathLike, enabled: bool | str, neighbours: int | None = None, position_weight: float = 0.0
+    path: str | os.PathLike,
+    enabled: bool | str,
+    neighbours: int | None = None,
+    position_weight: float = 0.0,
+    balance: float = 0.0,
 ) -> TokenBank | None:
     """The bank at ``path`` when ``enabled`` (``--token_prior``), else ``None``."""
     from bundle.data.volumes import switch
 
-    return TokenBank.load(path, neighbours, position_weight) if switch(enabled, "--token_prior") else None
+    return TokenBank.load(path, neighbours, position_weight, balance) if switch(enabled, "--token_prior") else None
 
 
 def fuse_votes(logits: Tensor, votes: Tensor, vote_weight: float | None = None) -> Tensor:
@@ -256,7 +315,8 @@ def build_token_bank(
             fractions.append(share.reshape(classes, -1).T)
     fractions_all = torch.cat(fractions)
     limits = {0: background_tokens, **{c: class_tokens for c in range(1, classes)}}
-    keep = stratified(fractions_all.argmax(dim=1), limits, seed)
+    strata = fractions_all.argmax(dim=1)
+    keep = stratified(strata, limits, seed)
     logger.info(f"token bank: {len(keep)} of {len(fractions_all)} support tokens")
     tokens_per_slice = grid[0] * grid[1]
     slice_of = keep // tokens_per_slice
@@ -270,7 +330,10 @@ def build_token_bank(
             tokens = F.normalize(embedding.reshape(embedding.shape[0], -1).T, dim=1)
             features.append(tokens[keep[slice_of == s] - s * tokens_per_slice])
         first += count
-    return TokenBank(torch.cat(features), fractions_all[keep], neighbours, torch.cat(positions)[keep])
+    counts = torch.bincount(strata, minlength=classes)
+    return TokenBank(
+        torch.cat(features), fractions_all[keep], neighbours, torch.cat(positions)[keep], 0.0, strata[keep], counts
+    )
 
 
 def _support_volume(volume: dict, load: Compose, value_map: Mapping[int, int]) -> tuple[Tensor, Tensor]:
