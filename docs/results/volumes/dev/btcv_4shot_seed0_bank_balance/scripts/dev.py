@@ -24,13 +24,18 @@ PROJECT = Path(__file__).resolve().parents[6]
 POOL = [f"btcv_sabs_{i:02d}" for i in range(10)]
 
 
+def here(files: list[str]) -> list[str]:
+    """The run's config files (absolute paths of the checkout that ran it) in this checkout."""
+    return [str(PROJECT.joinpath(*Path(f).parts[Path(f).parts.index("configs") :])) for f in files]
+
+
 def rebuild_bank(run: Path, out: Path) -> None:
     """The run's bank rebuilt with the current code, compared with the bank its training wrote."""
     if out.is_file():
         return
     command = json.loads((run / "command.json").read_text())["training"]
     parser = ConfigParser()
-    parser.read_config(command["files"])
+    parser.read_config(here(command["files"]))
     parser.update(command["overrides"])
     slicing = parser.get_parsed_content("volume_slicing")
     volumes = parser.get_parsed_content("train#dataset#data")
@@ -66,7 +71,7 @@ def main() -> None:
         overrides.update(token_prior_file=str(bank), token_prior_balance=gamma)
         start = time.time()
         with open(work / f"gamma_{gamma:g}.log", "a") as log:
-            run_bundle(bundle_args("run", tokens["files"], overrides), str(PROJECT), log=log,
+            run_bundle(bundle_args("run", here(tokens["files"]), overrides), str(PROJECT), log=log,
                        usage=work / f"gamma_{gamma:g}.usage")  # fmt: skip
         scores = score_folder(out, items, data.structures, work / f"gamma_{gamma:g}_scores.json")
         dice = {name: round(100 * value, 1) for name, value in scores["mean_dice"].items()}
