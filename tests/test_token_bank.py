@@ -107,7 +107,11 @@ def test_balanced_votes_weigh_each_token_by_its_strata_inverse_sampling_rate():
         bank = TokenBank(features, fractions, 4, strata=strata, stratum_counts=counts, balance=gamma)
         votes = bank.votes(query, chunk=1)[0, :, 0, 0]
         torch.testing.assert_close(votes, torch.tensor([background, 1 - background]))
-    assert TokenBank(features, fractions, 4, strata=strata, stratum_counts=counts).vote_weights is None  # gamma 0
+    bank = TokenBank(features, fractions, 4, strata=strata, stratum_counts=counts)
+    assert bank.vote_weights is None  # gamma 0
+    bank.balance = 1.0  # set after construction: the votes follow it
+    torch.testing.assert_close(bank.votes(query)[0, :, 0, 0], torch.tensor([0.8, 0.2]))
+    assert bank.strata.dtype == torch.long and bank.stratum_counts.dtype == torch.long  # normalised when built
     with pytest.raises(ValueError, match="a balance needs each token's stratum"):
         TokenBank(features, fractions, 4, balance=1.0)
     with pytest.raises(ValueError, match="strata and stratum counts go together"):

@@ -87,10 +87,6 @@ class TokenBank:
             raise ValueError(f"token bank: position weight {self.position_weight} is negative")
         if self.position_weight > 0 and self.positions is None:
             raise ValueError("token bank: a position weight needs the support tokens' positions")
-        self.vote_weights = self._vote_weights()
-
-    def _vote_weights(self) -> Tensor | None:
-        """M weights of the tokens' votes for ``balance`` above 0 (``None``: every vote counts alike)."""
         if self.balance < 0:
             raise ValueError(f"token bank: balance {self.balance} is negative")
         if (self.strata is None) != (self.stratum_counts is None):
@@ -98,7 +94,7 @@ class TokenBank:
         if self.strata is None:
             if self.balance > 0:
                 raise ValueError("token bank: a balance needs each token's stratum and the stratum counts")
-            return None
+            return
         self.strata = self.strata.as_subclass(Tensor).long()
         self.stratum_counts = self.stratum_counts.as_subclass(Tensor).long()
         if tuple(self.strata.shape) != (len(self.features),) or tuple(self.stratum_counts.shape) != (self.num_classes,):
@@ -111,8 +107,18 @@ class TokenBank:
             raise ValueError(
                 f"token bank: more tokens kept {kept.tolist()} than counted {self.stratum_counts.tolist()}"
             )
+
+    @property
+    def vote_weights(self) -> Tensor | None:
+        """M weights of the tokens' votes at the current ``balance`` (``None`` at 0: every vote counts alike);
+        computed when asked (M values), so a balance set after construction is the one the votes use."""
+        if self.balance < 0:
+            raise ValueError(f"token bank: balance {self.balance} is negative")
         if self.balance == 0:
             return None
+        if self.strata is None:
+            raise ValueError("token bank: a balance needs each token's stratum and the stratum counts")
+        kept = torch.bincount(self.strata, minlength=self.num_classes)
         rate = self.stratum_counts.double() / kept.clamp_min(1).double()
         return rate[self.strata].pow(self.balance).float()
 

@@ -18,10 +18,10 @@ import torch
 from monai.bundle import ConfigParser
 
 from bundle.commands import bundle_args, run_bundle
+from bundle.data.volumes import decathlon_datalist
 from bundle.experiments.volumes import VOLUME_DATASETS, VolumeRun, score_folder, support_ids, test_items
 
 PROJECT = Path(__file__).resolve().parents[6]
-POOL = [f"btcv_sabs_{i:02d}" for i in range(10)]
 
 
 def here(files: list[str]) -> list[str]:
@@ -58,7 +58,8 @@ def main() -> None:
     support = sorted(
         support_ids(VolumeRun("btcv", int(training["shots"]), int(training["seed"])), training["dataset_dir"])
     )
-    dev_ids = [i for i in POOL if i not in support]
+    pool = [str(item["id"]) for item in decathlon_datalist(training["dataset_dir"])[: -data.test_size]]
+    dev_ids = [i for i in pool if i not in support]  # the pool: what the test split leaves (btcv_sabs_00..09)
     print(f"{run}: support {support}, development volumes {dev_ids}")
     items = test_items(data, training["dataset_dir"], work, dev_ids)
     inputs = Path(items[0]["image"]).parent
