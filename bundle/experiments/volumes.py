@@ -337,6 +337,9 @@ def volume_commands(run: VolumeRun, settings: VolumeSettings, input_dir: str) ->
                     **switches,
                 },
             }
+            if switches["token_prior"]:  # the record says which balance its token pass ran at (token_pass_scores)
+                balance = common.get("token_prior_balance", _config_default("volumes.json", "token_prior_balance"))
+                commands[name + suffix]["overrides"]["token_prior_balance"] = float(balance)
     return commands
 
 
@@ -403,17 +406,35 @@ def _mean_std(values: Sequence[float]) -> str:
     return f"{np.mean(values):.1f} ± {np.std(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
 
 
-def collect_volume_runs(runs: Sequence[VolumeRun], root: Path) -> list[tuple[VolumeRun, dict, dict, dict, dict | None]]:
-    """Finished runs with their record and scores (plain, with the size constraint, with the token prior:
-    ``None`` for runs made before the token prior existed)."""
+def _config_default(name: str, key: str):
+    """The value of ``key`` in ``configs/<name>`` as shipped."""
+    return json.loads((PROJECT / "configs" / name).read_text())[key]
+
+
+def token_pass_scores(folder: Path) -> dict[float, dict]:
+    """A run's token-prior scores by vote balance (gamma): its ``pred_tokens`` pass at the balance its command ran
+    at (runs made before bundle 0.8 name none: gamma 0 was the only one), and any later rescoring of the same model
+    on the same test volumes, ``pred_tokens_g<gamma>`` (docs/results/volumes/token_prior_balanced/)."""
+    found = {}
+    if (folder / "pred_tokens_scores.json").is_file():
+        command = json.loads((folder / "command.json").read_text()) if (folder / "command.json").is_file() else {}
+        balance = command.get("pred_tokens", {}).get("overrides", {}).get("token_prior_balance", 0.0)
+        found[float(balance)] = load_score(folder / "pred_tokens_scores.json")
+    for path in folder.glob("pred_tokens_g*_scores.json"):
+        found[float(path.name[len("pred_tokens_g") : -len("_scores.json")])] = load_score(path)
+    return dict(sorted(found.items()))
+
+
+def collect_volume_runs(runs: Sequence[VolumeRun], root: Path) -> list[tuple[VolumeRun, dict, dict, dict, dict]]:
+    """Finished runs with their record and scores: plain, with the size constraint, and with the token prior by
+    vote balance (:func:`token_pass_scores`; empty for runs made before the token prior existed)."""
     found = []
     for run in runs:
         folder = run.folder(root)
         if (folder / "done.json").is_file():
-            tokens = folder / "pred_tokens_scores.json"
             found.append(
                 (run, json.loads((folder / "done.json").read_text()), load_score(folder / "pred_scores.json"),
-                 load_score(folder / "pred_size_scores.json"), load_score(tokens) if tokens.is_file() else None)
+                 load_score(folder / "pred_size_scores.json"), token_pass_scores(folder))
             )  # fmt: skip
     return found
 
@@ -443,12 +464,16 @@ def volume_report(runs: Sequence[VolumeRun], settings: VolumeSettings, report: P
             continue
         organs = list(data.structures)
         lines += [f"## {name}", "", _protocol(data), ""]
+        default = float(_config_default("volumes.json", "token_prior_balance"))
+        gammas = sorted({g for *_, t in mine for g in t}) or [default]
         header = (
             "| k | variant | seeds | "
             + " | ".join(organs)
-            + " | mean | size constraint on: mean | token prior on: mean |"
+            + " | mean | size constraint on: mean | "
+            + " | ".join(f"token prior on, balance {g:g}{' (default)' if g == default else ''}: mean" for g in gammas)
+            + " |"
         )
-        lines += [header, "|" + "---|" * (len(organs) + 6)]
+        lines += [header, "|" + "---|" * (len(organs) + 5 + len(gammas))]
         for k in sorted({r.shots for r, *_ in mine}):
             for variant in VARIANTS:
                 cell = [d for d in mine if d[0].shots == k and d[0].variant == variant]
@@ -457,20 +482,29 @@ def volume_report(runs: Sequence[VolumeRun], settings: VolumeSettings, report: P
                 per = [_mean_std([100 * s["mean_dice"][o] for _, _, s, _, _ in cell]) for o in organs]
                 mean = _mean_std([100 * s["mean_dice_all"] for _, _, s, _, _ in cell])
                 sized = _mean_std([100 * z["mean_dice_all"] for _, _, _, z, _ in cell])
-                tokens = [100 * t["mean_dice_all"] for *_, t in cell if t is not None]
-                voted = _mean_std(tokens)
-                if 0 < len(tokens) < len(cell):  # runs made before the token prior have no such pass: say so
-                    voted += f" ({len(tokens)} of {len(cell)} seeds)"
-                row = f"| {k} | {variant} | {len(cell)} | " + " | ".join(per) + f" | **{mean}** | {sized} | {voted} |"
-                lines.append(row)
+                voted = []
+                for gamma in gammas:
+                    tokens = [100 * t[gamma]["mean_dice_all"] for *_, t in cell if gamma in t]
+                    voted.append(_mean_std(tokens))
+                    if 0 < len(tokens) < len(cell):  # runs without that pass (made before it existed): say so
+                        voted[-1] += f" ({len(tokens)} of {len(cell)} seeds)"
+                row = f"| {k} | {variant} | {len(cell)} | " + " | ".join(per) + f" | **{mean}** | {sized} | "
+                lines.append(row + " | ".join(voted) + " |")
+        voted_cells = [(k, v, c) for k, v, c in _cells(mine) if any(default in t for *_, t in c)]
+        if voted_cells:  # the bundle's default token pass, organ by organ, over the seeds that have it
+            lines += ["", f"With the token prior on (balance {default:g}, the default): Dice % (HD95 mm) per organ", ""]
+            lines += ["| k | variant | seeds | " + " | ".join(organs) + " | mean |", "|" + "---|" * (len(organs) + 4)]
+            for k, variant, cell in voted_cells:
+                scores = [t[default] for *_, t in cell if default in t]
+                per = [f"{_mean_std([100 * t['mean_dice'][o] for t in scores])} "
+                       f"({_mean_std([t['mean_hd95_mm'][o] for t in scores])})" for o in organs]  # fmt: skip
+                mean = _mean_std([100 * t["mean_dice_all"] for t in scores])
+                lines.append(f"| {k} | {variant} | {len(scores)} | " + " | ".join(per) + f" | **{mean}** |")
         lines += ["", "HD95 (mm), without the size constraint:", ""]
         lines += ["| k | variant | " + " | ".join(organs) + " |", "|" + "---|" * (len(organs) + 2)]
-        for k in sorted({r.shots for r, *_ in mine}):
-            for variant in VARIANTS:
-                cell = [d for d in mine if d[0].shots == k and d[0].variant == variant]
-                if cell:
-                    per = [_mean_std([s["mean_hd95_mm"][o] for _, _, s, _, _ in cell]) for o in organs]
-                    lines.append(f"| {k} | {variant} | " + " | ".join(per) + " |")
+        for k, variant, cell in _cells(mine):
+            per = [_mean_std([s["mean_hd95_mm"][o] for _, _, s, _, _ in cell]) for o in organs]
+            lines.append(f"| {k} | {variant} | " + " | ".join(per) + " |")
         if data.anchors:
             lines += ["", "Published 1-shot Dice on the same SABS volumes (their protocols differ in detail):", ""]
             lines += ["| method | " + " | ".join(organs) + " | mean |", "|" + "---|" * (len(organs) + 2)]
@@ -494,6 +528,17 @@ def volume_report(runs: Sequence[VolumeRun], settings: VolumeSettings, report: P
     return write_markdown_report(lines, report)
 
 
+def _cells(done: list) -> list[tuple[int, str, list]]:
+    """``done`` (as :func:`collect_volume_runs` gives it) grouped by k and variant, in table order."""
+    cells = []
+    for k in sorted({r.shots for r, *_ in done}):
+        for variant in VARIANTS:
+            cell = [d for d in done if d[0].shots == k and d[0].variant == variant]
+            if cell:
+                cells.append((k, variant, cell))
+    return cells
+
+
 def _protocol(data: VolumeDataSet) -> str:
     window = f"CT window centre {data.ct_window[0]:g} / width {data.ct_window[1]:g} HU" if data.ct_window else (
         "MR: each volume's 0.5-99.5 percentiles")  # fmt: skip
@@ -511,21 +556,22 @@ def _protocol(data: VolumeDataSet) -> str:
     )
 
 
-def token_prior_by_k(done: list, variant: str) -> dict[int, list[float]]:
-    """Per k, the mean Dice (%) with the token prior of each finished run of ``variant`` (``done`` as
-    :func:`collect_volume_runs` gives it), only for the k whose runs all have that pass: a point over fewer
-    seeds than the plain mean's would read as the same kind of number (the table says "n of m seeds")."""
+def token_prior_by_k(done: list, variant: str, balance: float) -> dict[int, list[float]]:
+    """Per k, the mean Dice (%) with the token prior at vote ``balance`` of each finished run of ``variant``
+    (``done`` as :func:`collect_volume_runs` gives it), only for the k whose runs all have that pass: a point over
+    fewer seeds than the plain mean's would read as the same kind of number (the table says "n of m seeds")."""
     by_k: dict[int, list] = {}
     for run, *_, tokens in done:
         if run.variant == variant:
-            by_k.setdefault(run.shots, []).append(tokens)
+            by_k.setdefault(run.shots, []).append(tokens.get(balance))
     return {k: [100 * t["mean_dice_all"] for t in ts] for k, ts in sorted(by_k.items()) if None not in ts}
 
 
 def dice_vs_k(done: list, data: VolumeDataSet, path: Path) -> Path:
     """Mean ± std Dice over seeds against k: per structure and their mean for the default variant (or, when
-    it has no finished run, the variant with the most), with its mean with the token prior (dotted) where
-    every seed has that pass, and the mean alone (dashed) for the other variants."""
+    it has no finished run, the variant with the most), with its mean with the token prior (dotted; the default
+    vote balance bold, others faint) where every seed has that pass, and the mean alone (dashed) for the other
+    variants."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -548,11 +594,14 @@ def dice_vs_k(done: list, data: VolumeDataSet, path: Path) -> Path:
             ax.errorbar(shots, [m for m, _ in stats], yerr=[e for _, e in stats], marker="o", capsize=3,
                         label=f"{organ} ({variant})", linewidth=2.5 if organ == "mean" else 1,
                         linestyle="-" if variant == main else "--")  # fmt: skip
-    voted = token_prior_by_k(done, main)
-    if voted:
-        means, stds = [np.mean(v) for v in voted.values()], [np.std(v) for v in voted.values()]
-        ax.errorbar(list(voted), means, yerr=stds, marker="s", color="k", capsize=3, linewidth=2.5, linestyle=":",
-                    label=f"mean, token prior on ({main})")  # fmt: skip
+    default = float(_config_default("volumes.json", "token_prior_balance"))
+    for balance in sorted({g for *_, t in done for g in t}):
+        voted = token_prior_by_k(done, main, balance)
+        if voted:
+            means, stds = [np.mean(v) for v in voted.values()], [np.std(v) for v in voted.values()]
+            ax.errorbar(list(voted), means, yerr=stds, marker="s", color="k", capsize=3, linestyle=":",
+                        linewidth=2.5 if balance == default else 1, alpha=1.0 if balance == default else 0.5,
+                        label=f"mean, token prior on, balance {balance:g} ({main})")  # fmt: skip
     if data.anchors:
         for method, vals in data.anchors.items():
             ax.scatter([1], [vals[-1]], marker="x", s=40, zorder=3, label=f"{method} (1-shot mean, published)")

@@ -52,6 +52,8 @@ def test_commands_follow_the_command_line_contract(tmp_path):
         assert [Path(f).name for f in c["files"]] == ["inference.json", "volumes.json"]
         assert c["overrides"]["size_constraint"] is constrained and c["overrides"]["input_dir"] == "/data/test"
         assert c["overrides"]["token_prior"] is tokens
+        # the token pass names its vote balance, so its record says which one it ran at (token_pass_scores)
+        assert c["overrides"].get("token_prior_balance") == (0.5 if tokens else None)
     # the bank the token prior reads is written by training, where volume inference looks for it
     from monai.bundle import ConfigParser
 
@@ -97,6 +99,12 @@ def test_set_overrides_reach_the_segmenting_commands(tmp_path):
         o = commands[name]["overrides"]
         assert o["prompt"] == "dense" and "augmentation_bank" not in o
         assert merged_config(commands[name]["files"], o)["prompt"] == "dense"
+    balanced = VolumeSettings(
+        tmp_path / "runs", {"btcv": "/data/btcv"}, 50, None, extra_overrides={"token_prior_balance": 1}
+    )
+    assert (
+        volume_commands(VolumeRun("btcv", 1, 0), balanced, "x")["pred_tokens"]["overrides"]["token_prior_balance"] == 1
+    )
 
 
 def test_test_volumes_are_cut_to_the_structures_with_their_affine(tmp_path):
@@ -130,6 +138,10 @@ def test_report_tables_and_figures_from_finished_runs(tmp_path):
             scores = {"mean_dice": dict.fromkeys(organs, dice + bonus), "mean_dice_all": dice + bonus,
                       "mean_hd95_mm": dict.fromkeys(organs, 4.0)}  # fmt: skip
             (folder / f"{name}_scores.json").write_text(json.dumps(scores))
+        if run.shots == 1:  # both k = 1 runs rescored later at balance 0.5 (seed 1's own token pass: balance 0)
+            scores = {"mean_dice": dict.fromkeys(organs, dice + 0.08), "mean_dice_all": dice + 0.08,
+                      "mean_hd95_mm": dict.fromkeys(organs, 3.0 + run.seed)}  # fmt: skip
+            (folder / "pred_tokens_g0.5_scores.json").write_text(json.dumps(scores))
         record = {"run": run.__dict__, "test_volumes": 20, "training": {"seconds": 100.0, "peak_rss_mib": 900.0},
                   "pred": {"seconds": 200.0, "peak_rss_mib": 1200.0}}  # fmt: skip
         if run.shots == 2:  # a pass run in parts, one stopped before its end: no time per volume
@@ -137,10 +149,17 @@ def test_report_tables_and_figures_from_finished_runs(tmp_path):
         (folder / "done.json").write_text(json.dumps(record))
     text = volume_report(runs, settings, tmp_path / "volumes.md")
     assert (
-        "| 1 | blo-sam | 2 | 60.5 ± 0.5 | 60.5 ± 0.5 | 60.5 ± 0.5 | 60.5 ± 0.5 | **60.5 ± 0.5** | 62.5 ± 0.5 | 66.0 (1 of 2 seeds) |"
+        "| mean | size constraint on: mean | token prior on, balance 0: mean | token prior on, balance 0.5 (default)"
         in text
-    )  # the token prior's column holds the runs that have its pass (seed 1) and says how many: runs made before
+    )
+    assert (
+        "| 1 | blo-sam | 2 | 60.5 ± 0.5 | 60.5 ± 0.5 | 60.5 ± 0.5 | 60.5 ± 0.5 | **60.5 ± 0.5** | 62.5 ± 0.5 | 66.0 (1 of 2 seeds) "
+        "| 68.5 ± 0.5 |" in text
+    )  # a token prior's column holds the runs that have its pass (seed 1) and says how many: runs made before
     # it have none
+    assert "| 2 | blo-sam | 1 | 70.0 | 70.0 | 70.0 | 70.0 | **70.0** | 72.0 | – | – |" in text
+    # the default balance organ by organ, HD95 in brackets
+    assert "| 1 | blo-sam | 2 | 68.5 ± 0.5 (3.5 ± 0.5) | 68.5 ± 0.5 (3.5 ± 0.5) |" in text
     assert "| 2 | blo-sam | 1 | 70.0 |" in text and "| AM-SAM | 87.3 | 87.1 | 84.4 | 86.0 | 86.2 |" in text
     assert "| 1 | 0 | blo-sam | 100 | 900 | 10.0 | 1200 |" in text  # 200 s over 20 test volumes
     assert "| 2 | 0 | blo-sam | 100 | 900 | – | 1200 |" in text
@@ -156,15 +175,37 @@ def test_the_figure_shows_the_token_prior_only_where_every_seed_has_it():
     "n of m seeds"); other variants' runs do not count."""
     from bundle.experiments.volumes import token_prior_by_k
 
-    def run(k: int, seed: int, tokens: float | None, variant: str = "blo-sam") -> tuple:
-        score = None if tokens is None else {"mean_dice_all": tokens}
+    def run(k: int, seed: int, tokens: float | None, variant: str = "blo-sam", balance: float = 0.5) -> tuple:
+        score = {} if tokens is None else {balance: {"mean_dice_all": tokens}}
         return VolumeRun("btcv", k, seed, variant), {}, {"mean_dice_all": 0.5}, {"mean_dice_all": 0.5}, score
 
     done = [run(1, 0, 0.8), run(1, 1, 0.9), run(2, 0, 0.85), run(2, 1, None), run(4, 0, None, "joint")]
     done.append(run(4, 1, 0.7, "joint"))
-    assert token_prior_by_k(done, "blo-sam") == {1: [80.0, 90.0]}  # k = 2 has one seed without the pass
-    assert token_prior_by_k(done, "joint") == {}  # one of its k = 4 runs has no token pass
-    assert token_prior_by_k(done[:3], "blo-sam") == {1: [80.0, 90.0], 2: [85.0]}
+    assert token_prior_by_k(done, "blo-sam", 0.5) == {1: [80.0, 90.0]}  # k = 2 has one seed without the pass
+    assert token_prior_by_k(done, "joint", 0.5) == {}  # one of its k = 4 runs has no token pass
+    assert token_prior_by_k(done[:3], "blo-sam", 0.5) == {1: [80.0, 90.0], 2: [85.0]}
+    assert token_prior_by_k(done[:3], "blo-sam", 0.0) == {}  # no run has a pass at that balance
+    assert token_prior_by_k([run(1, 0, 0.8, balance=0.0), run(1, 1, 0.9)], "blo-sam", 0.5) == {}  # one seed lacks it
+
+
+def test_token_pass_scores_are_keyed_by_the_balance_each_pass_ran_at(tmp_path):
+    """A run's own token pass at the balance its command.json names (none before bundle 0.8: 0), and the later
+    rescoring passes ``pred_tokens_g<gamma>`` at theirs."""
+    from bundle.experiments.volumes import token_pass_scores
+
+    assert token_pass_scores(tmp_path) == {}  # no token pass: a run made before the token prior
+    (tmp_path / "pred_tokens_scores.json").write_text(json.dumps({"mean_dice_all": 0.7}))
+    assert token_pass_scores(tmp_path) == {0.0: {"mean_dice_all": 0.7}}  # no command.json naming a balance
+    command = {"pred_tokens": {"overrides": {"token_prior": True}}}
+    (tmp_path / "command.json").write_text(json.dumps(command))
+    assert list(token_pass_scores(tmp_path)) == [0.0]
+    (tmp_path / "pred_tokens_g0.5_scores.json").write_text(json.dumps({"mean_dice_all": 0.8}))
+    (tmp_path / "pred_tokens_g1_scores.json").write_text(json.dumps({"mean_dice_all": 0.9}))
+    assert token_pass_scores(tmp_path) == {0.0: {"mean_dice_all": 0.7}, 0.5: {"mean_dice_all": 0.8},
+                                           1.0: {"mean_dice_all": 0.9}}  # fmt: skip
+    command["pred_tokens"]["overrides"]["token_prior_balance"] = 0.25
+    (tmp_path / "command.json").write_text(json.dumps(command))
+    assert list(token_pass_scores(tmp_path)) == [0.25, 0.5, 1.0]
 
 
 def test_development_volumes_come_from_the_support_pool_only(tmp_path):
