@@ -36,10 +36,11 @@ def clock(device: str) -> float:
 
 
 def device_name(device: str) -> str:
+    """The device a benchmark ran on, as its table names it: the GPU with its CUDA version, or the CPU."""
     import torch
 
     if device.startswith("cuda"):
-        return torch.cuda.get_device_name(0)
+        return f"GPU: {torch.cuda.get_device_name(0)}, CUDA {torch.version.cuda}"
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 

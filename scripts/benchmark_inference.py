@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmark_common import clock  # also puts the project root on sys.path
+from benchmark_common import clock, device_name  # also puts the project root on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ["configs/train.json", "configs/datasets/jsrt.json"]
@@ -180,14 +180,6 @@ def _child(args: argparse.Namespace, variant: str, **extra: str) -> dict:
     return row
 
 
-def _hardware(device: str) -> str:
-    import torch
-
-    if device.startswith("cuda"):
-        return f"GPU: {torch.cuda.get_device_name(0)}, CUDA {torch.version.cuda}"
-    return "CPU"
-
-
 def table(args: argparse.Namespace, rows: dict, load: tuple[float, float, float], n: int) -> str:
     import torch
 
@@ -202,7 +194,7 @@ def table(args: argparse.Namespace, rows: dict, load: tuple[float, float, float]
         f"{n} images from `{args.images}` (the first {n} in name order), backbone `{args.backbone}`, one "
         "checkpoint made from `BLOSAM(...).state_dict()` and exported as a task (JSRT preset: mask clean-up on), "
         "so the command line and MONAI Label run the same `configs/inference.json`. "
-        f"{_hardware(args.device)} ({os.cpu_count()} CPU cores, torch {torch.__version__}, "
+        f"{device_name(args.device)} ({os.cpu_count()} CPU cores, torch {torch.__version__}, "
         f"`OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '-')}`"
         f"{', run under `nice`' if os.nice(0) > 0 else ''}), **load average {load[0]:.2f} / {load[1]:.2f} / "
         f"{load[2]:.2f}** (1/5/15 min) at the start (above 0 when other jobs ran, or had just ended: absolute "
