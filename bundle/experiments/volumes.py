@@ -474,22 +474,18 @@ def volume_report(runs: Sequence[VolumeRun], settings: VolumeSettings, report: P
             + " |"
         )
         lines += [header, "|" + "---|" * (len(organs) + 5 + len(gammas))]
-        for k in sorted({r.shots for r, *_ in mine}):
-            for variant in VARIANTS:
-                cell = [d for d in mine if d[0].shots == k and d[0].variant == variant]
-                if not cell:
-                    continue
-                per = [_mean_std([100 * s["mean_dice"][o] for _, _, s, _, _ in cell]) for o in organs]
-                mean = _mean_std([100 * s["mean_dice_all"] for _, _, s, _, _ in cell])
-                sized = _mean_std([100 * z["mean_dice_all"] for _, _, _, z, _ in cell])
-                voted = []
-                for gamma in gammas:
-                    tokens = [100 * t[gamma]["mean_dice_all"] for *_, t in cell if gamma in t]
-                    voted.append(_mean_std(tokens))
-                    if 0 < len(tokens) < len(cell):  # runs without that pass (made before it existed): say so
-                        voted[-1] += f" ({len(tokens)} of {len(cell)} seeds)"
-                row = f"| {k} | {variant} | {len(cell)} | " + " | ".join(per) + f" | **{mean}** | {sized} | "
-                lines.append(row + " | ".join(voted) + " |")
+        for k, variant, cell in _cells(mine):
+            per = [_mean_std([100 * s["mean_dice"][o] for _, _, s, _, _ in cell]) for o in organs]
+            mean = _mean_std([100 * s["mean_dice_all"] for _, _, s, _, _ in cell])
+            sized = _mean_std([100 * z["mean_dice_all"] for _, _, _, z, _ in cell])
+            voted = []
+            for gamma in gammas:
+                tokens = [100 * t[gamma]["mean_dice_all"] for *_, t in cell if gamma in t]
+                voted.append(_mean_std(tokens))
+                if 0 < len(tokens) < len(cell):  # runs without that pass (made before it existed): say so
+                    voted[-1] += f" ({len(tokens)} of {len(cell)} seeds)"
+            row = f"| {k} | {variant} | {len(cell)} | " + " | ".join(per) + f" | **{mean}** | {sized} | "
+            lines.append(row + " | ".join(voted) + " |")
         voted_cells = [(k, v, c) for k, v, c in _cells(mine) if any(default in t for *_, t in c)]
         if voted_cells:  # the bundle's default token pass, organ by organ, over the seeds that have it
             lines += ["", f"With the token prior on (balance {default:g}, the default): Dice % (HD95 mm) per organ", ""]
