@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -412,16 +413,32 @@ def _config_default(name: str, key: str):
 
 
 def token_pass_scores(folder: Path) -> dict[float, dict]:
-    """A run's token-prior scores by vote balance (gamma): its ``pred_tokens`` pass at the balance its command ran
-    at (runs made before bundle 0.8 name none: gamma 0 was the only one), and any later rescoring of the same model
-    on the same test volumes, ``pred_tokens_g<gamma>`` (docs/results/volumes/token_prior_balanced/)."""
-    found = {}
+    """A run's token-prior scores by vote balance (gamma): its ``pred_tokens`` pass at the balance its commands
+    name, and any later rescoring of the same model on the same test volumes, ``pred_tokens_g<gamma>``
+    (docs/results/volumes/token_prior_balanced/).
+
+    Commands written before bundle 0.8.1 name no balance: every such run here ran at gamma 0 (the runner of 0.8.0,
+    whose default was 0.5, made none). A per-structure run's commands (``pred_tokens/<name>``) must agree.
+
+    Raises:
+        ValueError: the per-structure commands name different balances, or two passes have the same balance.
+    """
+    found: dict[float, dict] = {}
     if (folder / "pred_tokens_scores.json").is_file():
         command = json.loads((folder / "command.json").read_text()) if (folder / "command.json").is_file() else {}
-        balance = command.get("pred_tokens", {}).get("overrides", {}).get("token_prior_balance", 0.0)
-        found[float(balance)] = load_score(folder / "pred_tokens_scores.json")
-    for path in folder.glob("pred_tokens_g*_scores.json"):
-        found[float(path.name[len("pred_tokens_g") : -len("_scores.json")])] = load_score(path)
+        named = {float(c.get("overrides", {}).get("token_prior_balance", 0.0))
+                 for key, c in command.items() if key.partition("/")[0] == "pred_tokens"}  # fmt: skip
+        if len(named) > 1:
+            raise ValueError(f"{folder}: the token passes' commands name different balances {sorted(named)}")
+        found[named.pop() if named else 0.0] = load_score(folder / "pred_tokens_scores.json")
+    for path in sorted(folder.glob("pred_tokens_g*_scores.json")):
+        match = re.fullmatch(r"pred_tokens_g([0-9.]+(?:e-?[0-9]+)?)_scores\.json", path.name)
+        if match is None:  # another pass whose name starts so (pred_tokens_gated_...): not a rescoring
+            continue
+        balance = float(match.group(1))
+        if balance in found:
+            raise ValueError(f"{folder}: two token passes at balance {balance:g} ({path.name} and another)")
+        found[balance] = load_score(path)
     return dict(sorted(found.items()))
 
 
@@ -591,11 +608,11 @@ def dice_vs_k(done: list, data: VolumeDataSet, path: Path) -> Path:
                         label=f"{organ} ({variant})", linewidth=2.5 if organ == "mean" else 1,
                         linestyle="-" if variant == main else "--")  # fmt: skip
     default = float(_config_default("volumes.json", "token_prior_balance"))
-    for balance in sorted({g for *_, t in done for g in t}):
+    for i, balance in enumerate(sorted({g for *_, t in done for g in t})):
         voted = token_prior_by_k(done, main, balance)
         if voted:
             means, stds = [np.mean(v) for v in voted.values()], [np.std(v) for v in voted.values()]
-            ax.errorbar(list(voted), means, yerr=stds, marker="s", color="k", capsize=3, linestyle=":",
+            ax.errorbar(list(voted), means, yerr=stds, marker="sD^v"[i % 4], color="k", capsize=3, linestyle=":",
                         linewidth=2.5 if balance == default else 1, alpha=1.0 if balance == default else 0.5,
                         label=f"mean, token prior on, balance {balance:g} ({main})")  # fmt: skip
     if data.anchors:

@@ -152,7 +152,8 @@ class TokenBank:
             tokens = torch.cat([tokens, 2 * self.position_weight * where, torch.ones(len(tokens), 1, device=device)], 1)
             bias = -self.position_weight * bank_where.square().sum(dim=1, keepdim=True)
             bank = torch.cat([bank, bank_where, bias], dim=1)
-        weights = None if self.vote_weights is None else self.vote_weights.to(device)
+        weights = self.vote_weights  # M weights at the current balance, or None
+        weights = None if weights is None else weights.to(device)
         out = torch.empty(len(tokens), self.num_classes, device=device)
         for start in range(0, len(tokens), chunk):  # N x M scores, a chunk at a time
             nearest = (tokens[start : start + chunk] @ bank.T).topk(self.neighbours, dim=1).indices

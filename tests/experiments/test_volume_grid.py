@@ -7,6 +7,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from bundle.commands import merged_config
 from bundle.experiments.volumes import (
@@ -53,7 +54,8 @@ def test_commands_follow_the_command_line_contract(tmp_path):
         assert c["overrides"]["size_constraint"] is constrained and c["overrides"]["input_dir"] == "/data/test"
         assert c["overrides"]["token_prior"] is tokens
         # the token pass names its vote balance, so its record says which one it ran at (token_pass_scores)
-        assert c["overrides"].get("token_prior_balance") == (0.5 if tokens else None)
+        default = json.loads((Path(__file__).parents[2] / "configs/volumes.json").read_text())["token_prior_balance"]
+        assert c["overrides"].get("token_prior_balance") == (default if tokens else None)
     # the bank the token prior reads is written by training, where volume inference looks for it
     from monai.bundle import ConfigParser
 
@@ -158,8 +160,10 @@ def test_report_tables_and_figures_from_finished_runs(tmp_path):
     )  # a token prior's column holds the runs that have its pass (seed 1) and says how many: runs made before
     # it have none
     assert "| 2 | blo-sam | 1 | 70.0 | 70.0 | 70.0 | 70.0 | **70.0** | 72.0 | – | – |" in text
-    # the default balance organ by organ, HD95 in brackets
-    assert "| 1 | blo-sam | 2 | 68.5 ± 0.5 (3.5 ± 0.5) | 68.5 ± 0.5 (3.5 ± 0.5) |" in text
+    # the default balance organ by organ, HD95 in brackets; k = 2 has no pass at it, so no row there
+    per_organ = text[text.index("With the token prior on (balance 0.5") : text.index("HD95 (mm), without")]
+    assert "| 1 | blo-sam | 2 | 68.5 ± 0.5 (3.5 ± 0.5) | 68.5 ± 0.5 (3.5 ± 0.5) |" in per_organ
+    assert "\n| 2 | " not in per_organ
     assert "| 2 | blo-sam | 1 | 70.0 |" in text and "| AM-SAM | 87.3 | 87.1 | 84.4 | 86.0 | 86.2 |" in text
     assert "| 1 | 0 | blo-sam | 100 | 900 | 10.0 | 1200 |" in text  # 200 s over 20 test volumes
     assert "| 2 | 0 | blo-sam | 100 | 900 | – | 1200 |" in text
@@ -206,13 +210,28 @@ def test_token_pass_scores_are_keyed_by_the_balance_each_pass_ran_at(tmp_path):
     command["pred_tokens"]["overrides"]["token_prior_balance"] = 0.25
     (tmp_path / "command.json").write_text(json.dumps(command))
     assert list(token_pass_scores(tmp_path)) == [0.25, 0.5, 1.0]
+    # another pass whose name starts alike is no rescoring
+    (tmp_path / "pred_tokens_gated_scores.json").write_text(json.dumps({"mean_dice_all": 0.1}))
+    assert list(token_pass_scores(tmp_path)) == [0.25, 0.5, 1.0]
+    # a per-structure run: one command per structure, which must agree
+    organs = {f"pred_tokens/{o}": {"overrides": {"token_prior_balance": 0.5}} for o in ("liver", "spleen")}
+    (tmp_path / "pred_tokens_g0.5_scores.json").unlink()
+    (tmp_path / "command.json").write_text(json.dumps(organs))
+    assert token_pass_scores(tmp_path)[0.5] == {"mean_dice_all": 0.7}
+    organs["pred_tokens/spleen"]["overrides"]["token_prior_balance"] = 1.0
+    (tmp_path / "command.json").write_text(json.dumps(organs))
+    with pytest.raises(ValueError, match="name different balances"):
+        token_pass_scores(tmp_path)
+    # a rescoring at the balance the run's own pass ran at: two passes claim one column
+    (tmp_path / "command.json").write_text(json.dumps(command))
+    (tmp_path / "pred_tokens_g0.25_scores.json").write_text(json.dumps({"mean_dice_all": 0.75}))
+    with pytest.raises(ValueError, match="two token passes at balance 0.25"):
+        token_pass_scores(tmp_path)
 
 
 def test_development_volumes_come_from_the_support_pool_only(tmp_path):
     """``--eval_ids``: scoring on pool volumes (to choose settings) never touches the test split."""
     import dataclasses
-
-    import pytest
 
     from bundle.experiments.volumes import test_items
 
@@ -249,8 +268,6 @@ def test_whole_test_volumes_are_a_folder_of_exactly_the_test_split(tmp_path):
 def test_a_development_volume_that_is_a_support_volume_is_refused(tmp_path):
     import re
 
-    import pytest
-
     from bundle.experiments.volumes import execute_volume_run, support_ids
 
     data = _volumes(tmp_path / "data", n=23)
@@ -280,6 +297,7 @@ def test_one_model_per_structure_is_trained_and_scored_on_its_own_structure(tmp_
         assert train["structures"] == {organ: value} and "per_structure" not in train
         assert train["ckpt_dir"] == str(folder / organ / "models")
         assert commands[f"pred/{organ}"]["overrides"]["ckpt"] == str(folder / organ / "models" / "model.pt")
+        assert commands[f"pred_tokens/{organ}"]["overrides"]["token_prior_balance"] == 0.5  # pinned per model
         assert merged_config(commands[f"training/{organ}"]["files"], train)["structures"] == {organ: value}
 
     def fake_bundle(args, cwd, log=None, usage=None):

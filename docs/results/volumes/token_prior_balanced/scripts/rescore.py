@@ -1,7 +1,9 @@
 """Rescore one BTCV test run's token pass at the adopted --token_prior_balance (bundle 0.8): rebuild the run's
 token bank in format 3 from the training's own config and overrides (the development check's rebuild_bank, which
-also checks it holds the tokens training wrote), then rerun the run's token pass (its command.json entry, the same
-overrides) on all of its test volumes with that bank and the given gamma, and score it.
+also compares it with the bank training wrote; a bank given as the third argument is copied instead, unchecked
+here: the development check that rebuilt it made that comparison), then rerun the run's token pass (its
+command.json entry, the same overrides) on all of its test volumes with that bank and the given gamma, and score
+it. For runs with one model for all structures (not blo-sam-per-organ).
 
     PYTHONPATH=. python rescore.py <run folder> <gamma> [<existing format-3 bank of this run>]
 
