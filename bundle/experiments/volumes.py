@@ -339,7 +339,7 @@ def volume_commands(run: VolumeRun, settings: VolumeSettings, input_dir: str) ->
                 },
             }
             if switches["token_prior"]:  # the record says which balance its token pass ran at (token_pass_scores)
-                balance = common.get("token_prior_balance", _config_default("volumes.json", "token_prior_balance"))
+                balance = common.get("token_prior_balance", _default_token_balance())
                 commands[name + suffix]["overrides"]["token_prior_balance"] = float(balance)
     return commands
 
@@ -407,9 +407,9 @@ def _mean_std(values: Sequence[float]) -> str:
     return f"{np.mean(values):.1f} ± {np.std(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
 
 
-def _config_default(name: str, key: str):
-    """The value of ``key`` in ``configs/<name>`` as shipped."""
-    return json.loads((PROJECT / "configs" / name).read_text())[key]
+def _default_token_balance() -> float:
+    """``token_prior_balance`` of ``configs/volumes.json`` as shipped: the balance a token pass runs at unless told."""
+    return float(json.loads((PROJECT / "configs" / "volumes.json").read_text())["token_prior_balance"])
 
 
 def token_pass_scores(folder: Path) -> dict[float, dict]:
@@ -481,7 +481,7 @@ def volume_report(runs: Sequence[VolumeRun], settings: VolumeSettings, report: P
             continue
         organs = list(data.structures)
         lines += [f"## {name}", "", _protocol(data), ""]
-        default = float(_config_default("volumes.json", "token_prior_balance"))
+        default = _default_token_balance()
         gammas = sorted({g for *_, t in mine for g in t}) or [default]
         header = (
             "| k | variant | seeds | "
@@ -607,7 +607,7 @@ def dice_vs_k(done: list, data: VolumeDataSet, path: Path) -> Path:
             ax.errorbar(shots, [m for m, _ in stats], yerr=[e for _, e in stats], marker="o", capsize=3,
                         label=f"{organ} ({variant})", linewidth=2.5 if organ == "mean" else 1,
                         linestyle="-" if variant == main else "--")  # fmt: skip
-    default = float(_config_default("volumes.json", "token_prior_balance"))
+    default = _default_token_balance()
     for i, balance in enumerate(sorted({g for *_, t in done for g in t})):
         voted = token_prior_by_k(done, main, balance)
         if voted:

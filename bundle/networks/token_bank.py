@@ -87,26 +87,23 @@ class TokenBank:
             raise ValueError(f"token bank: position weight {self.position_weight} is negative")
         if self.position_weight > 0 and self.positions is None:
             raise ValueError("token bank: a position weight needs the support tokens' positions")
-        if self.balance < 0:
-            raise ValueError(f"token bank: balance {self.balance} is negative")
         if (self.strata is None) != (self.stratum_counts is None):
             raise ValueError("token bank: strata and stratum counts go together")
-        if self.strata is None:
-            if self.balance > 0:
-                raise ValueError("token bank: a balance needs each token's stratum and the stratum counts")
-            return
-        self.strata = self.strata.as_subclass(Tensor).long()
-        self.stratum_counts = self.stratum_counts.as_subclass(Tensor).long()
-        if tuple(self.strata.shape) != (len(self.features),) or tuple(self.stratum_counts.shape) != (self.num_classes,):
-            raise ValueError(
-                f"token bank: {len(self.features)} strata and {self.num_classes} stratum counts expected, got "
-                f"{tuple(self.strata.shape)} and {tuple(self.stratum_counts.shape)}"
-            )
-        kept = torch.bincount(self.strata, minlength=self.num_classes)
-        if (kept > self.stratum_counts).any():
-            raise ValueError(
-                f"token bank: more tokens kept {kept.tolist()} than counted {self.stratum_counts.tolist()}"
-            )
+        if self.strata is not None:
+            self.strata = self.strata.as_subclass(Tensor).long()
+            self.stratum_counts = self.stratum_counts.as_subclass(Tensor).long()
+            shapes = (tuple(self.strata.shape), tuple(self.stratum_counts.shape))
+            if shapes != ((len(self.features),), (self.num_classes,)):
+                raise ValueError(
+                    f"token bank: {len(self.features)} strata and {self.num_classes} stratum counts expected, got "
+                    f"{shapes[0]} and {shapes[1]}"
+                )
+            kept = torch.bincount(self.strata, minlength=self.num_classes)
+            if (kept > self.stratum_counts).any():
+                raise ValueError(
+                    f"token bank: more tokens kept {kept.tolist()} than counted {self.stratum_counts.tolist()}"
+                )
+        _ = self.vote_weights  # the balance checked against the strata now, not at the first vote
 
     @property
     def vote_weights(self) -> Tensor | None:
