@@ -17,13 +17,13 @@ from bundle.data import CyclicShuffleSampler
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _command(tmp: Path) -> list[str]:
+def _command(tmp: Path, extra: tuple[str, ...] = ()) -> list[str]:
     # a small random backbone keeps this fast; the data path is the real one (shipped sample, flips on)
     return [
         sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.json",
         "--backbone", "sam_tiny", "--iterations", "40", "--val_interval", "4", "--resume_interval", "2",
         "--ckpt_dir", str(tmp / "models"), "--output_dir", str(tmp / "eval"),
-        "--embedding_cache_dir", str(tmp / "cache"),
+        "--embedding_cache_dir", str(tmp / "cache"), *extra,
     ]  # fmt: skip
 
 
@@ -47,15 +47,15 @@ def test_sampler_stream_depends_only_on_seed_and_position():
         CyclicShuffleSampler(4, seed=3).load_state_dict(a.state_dict())
 
 
-def _kill_and_resume(tmp: Path, env: dict) -> tuple[Path, Path]:
+def _kill_and_resume(tmp: Path, env: dict, extra: tuple[str, ...] = ()) -> tuple[Path, Path]:
     """An uninterrupted run, and the same run killed with SIGKILL after iteration 10 and resumed."""
     plain = tmp / "plain"
-    done = subprocess.run(_command(plain), cwd=ROOT, env=env, capture_output=True, text=True)
+    done = subprocess.run(_command(plain, extra), cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
 
     killed = tmp / "killed"
     resume_file = killed / "models" / "resume.pt"
-    proc = subprocess.Popen(_command(killed), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(_command(killed, extra), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.time() + 300
     iteration = 0
@@ -69,7 +69,7 @@ def _kill_and_resume(tmp: Path, env: dict) -> tuple[Path, Path]:
     assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
     assert 10 <= iteration < 40
 
-    resumed = subprocess.run(_command(killed), cwd=ROOT, env=env, capture_output=True, text=True)
+    resumed = subprocess.run(_command(killed, extra), cwd=ROOT, env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout + resumed.stderr
     assert not resume_file.exists(), "a finished run keeps no resume checkpoint"
@@ -89,6 +89,20 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path):
         a, b = _weights(plain / "models" / name), _weights(killed / "models" / name)
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a), f"{name} differs after resume"
+
+
+def test_sigkill_then_resume_with_snapshot_averaging(tmp_path):
+    # snapshots at iterations 24, 28, ..., 40; the kill comes after iteration 10 or later, often among them
+    extra = ("--snapshot_average", "0.4", "--snapshot_interval", "4", "--snapshot_keep_last", "True")
+    plain, killed = _kill_and_resume(tmp_path, dict(_env(), CUDA_VISIBLE_DEVICES=""), extra)
+    for name in ("model_final.pt", "model_last.pt", "model.pt"):
+        a, b = _weights(plain / "models" / name), _weights(killed / "models" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), f"{name} differs after resume"
+    averaged, last = _weights(plain / "models" / "model_final.pt"), _weights(plain / "models" / "model_last.pt")
+    assert averaged.keys() == last.keys()
+    changed = [k for k in averaged if not torch.equal(averaged[k], last[k])]
+    frozen = ("image_encoder.", "prompt_encoder.")  # only trained parameters are averaged
+    assert changed and not [k for k in changed if k.startswith(frozen)], changed
 
 
 @pytest.mark.gpu

@@ -403,7 +403,9 @@ def test_a_resumed_volume_run_must_have_the_same_slicing_settings(tmp_path):
         )
         parser.update({"dataset_dir": str(data), "test_size": 1, "structures": {"liver": 6}, **overrides})
         handlers = parser["train"]["handlers"]
-        index = next(i for i, h in enumerate(handlers) if str(h.get("_target_", "")).endswith("ResumableTraining"))
+        index = next(
+            i for i, h in enumerate(handlers) if isinstance(h, dict) and h["_target_"].endswith("ResumableTraining")
+        )
         return repr(parser.get_parsed_content(f"train#handlers#{index}#fingerprint"))
 
     base = fingerprint()

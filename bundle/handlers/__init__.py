@@ -1,6 +1,7 @@
 """Handlers used by the configs: overlay images, the end-of-training summary, atomic checkpoints, early checks."""
 
 from bundle.atomic import save_atomically
+from bundle.handlers.averaging import SnapshotAveraging
 from bundle.handlers.checkpoint import AtomicCheckpointSaver, AtomicDiskSaver
 from bundle.handlers.checks import (
     CheckedCheckpointLoader,
@@ -25,6 +26,7 @@ __all__ = [
     "CheckedCheckpointLoader",
     "EmptyPredictionWarning",
     "ResumableTraining",
+    "SnapshotAveraging",
     "save_atomically",
     "IterationProgressBar",
     "OverlaySaver",

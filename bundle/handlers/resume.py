@@ -3,7 +3,8 @@
 Saved every ``interval`` iterations: both levels' trainable parameters, both optimisers, both lr
 schedulers, the AMP GradScaler, the iteration, the D1/D2 samplers' positions, the random states of
 the random transforms and of torch (CPU and CUDA) / numpy / python, and the model-selection state
-(best validation Dice, its iteration, the saved-best bookkeeping). On start, a checkpoint of the
+(best validation Dice, its iteration, the saved-best bookkeeping), and the states of the objects passed as
+``stateful`` (the running means of snapshot averaging). On start, a checkpoint of the
 same run (same fingerprint: data split and settings) is restored, so stopping at iteration k, even
 by SIGKILL, and running the same command again gives the weights an uninterrupted run gives. A
 finished run deletes its checkpoint; a checkpoint of another run is ignored with a warning.
@@ -48,7 +49,7 @@ from bundle.engines.distributed import (
 
 logger = logging.getLogger(__name__)
 
-_FORMAT = 2  # 2: GradScaler, per-rank random states with CUDA's
+_FORMAT = 3  # 2: GradScaler, per-rank random states with CUDA's; 3: other handlers' states ("stateful")
 
 
 def _randomizables(transform: Compose) -> list[Randomizable]:
@@ -89,6 +90,8 @@ class ResumableTraining:
         summary_writer: the run's TensorBoard ``SummaryWriter``: after a resume from iteration k it
             gets a purge marker at k + 1, so TensorBoard hides what the interrupted attempt logged
             after k instead of showing those iterations twice.
+        stateful: more objects with ``state_dict``/``load_state_dict`` whose state the next iterations
+            depend on (e.g. :class:`bundle.handlers.SnapshotAveraging`'s running means).
     """
 
     def __init__(
@@ -105,8 +108,10 @@ class ResumableTraining:
         fingerprint: Any = None,
         resume: bool = True,
         summary_writer: Any = None,
+        stateful: Sequence[Any] = (),
     ) -> None:
         self.path = Path(path)
+        self.stateful = list(stateful)
         self.summary_writer = summary_writer
         self.interval = int(interval)
         self.network = network
@@ -188,6 +193,7 @@ class ResumableTraining:
             "samplers": [s.state_dict() for s in self.samplers],
             "scaler": scaler.state_dict() if scaler is not None else None,
             "random": gather_objects(self._random_state()),  # one entry per rank
+            "stateful": [s.state_dict() for s in self.stateful],
         }
         if self.evaluator is not None:
             state["best_metric"] = float(self.evaluator.state.best_metric)
@@ -237,6 +243,8 @@ class ResumableTraining:
         for obj, s in zip(self.lr_schedulers, state["lr_schedulers"], strict=True):
             obj.load_state_dict(s)
         for obj, s in zip(self.samplers, state["samplers"], strict=True):
+            obj.load_state_dict(s)
+        for obj, s in zip(self.stateful, state["stateful"], strict=True):
             obj.load_state_dict(s)
         scaler = getattr(engine, "scaler", None)
         if scaler is not None and state.get("scaler") is not None:

@@ -154,7 +154,7 @@ def test_training_and_validation_share_the_writer_the_resume_handler_purges():
     parser.read_config(str(root / "configs" / "train.json"))
     parser.update({"bundle_root": str(root), "backbone": "sam_tiny", "output_dir": "/tmp/tb_shared_writer_test"})
     config = parser.get()
-    writers = [h.get("summary_writer") for h in config["train"]["handlers"] + config["validate"]["handlers"]
-               if h["_target_"] == "TensorBoardStatsHandler"]  # fmt: skip
-    resume = [h for h in config["train"]["handlers"] if h["_target_"] == "bundle.handlers.ResumableTraining"][0]
+    inline = [h for h in config["train"]["handlers"] + config["validate"]["handlers"] if isinstance(h, dict)]
+    writers = [h.get("summary_writer") for h in inline if h["_target_"] == "TensorBoardStatsHandler"]
+    resume = [h for h in inline if h["_target_"] == "bundle.handlers.ResumableTraining"][0]
     assert writers == ["@tensorboard_writer"] * 2 and resume["summary_writer"] == "@tensorboard_writer"
