@@ -35,16 +35,24 @@ def test_bad_settings_are_refused(kwargs):
         SnapshotAveraging(torch.nn.Linear(1, 1), **kwargs)
 
 
-def _run(make_trainer, net, averaging, iterations=6, resume=None, stop_after=None, record=None):
-    trainer = make_trainer(net, ["a", "b"], ["c", "d"], iterations=iterations)
-    handlers = [] if resume is None else [resume]
-    if record is not None:  # the trained weights after each iteration, taken before the averaging handler runs
+def _run(make_trainer, net, averaging, resume_path=None, stop_after=None, record=None):
+    """Train ``net`` 6 iterations with ``averaging``; with ``resume_path``, also with a ResumableTraining that
+    holds its state (returned). ``record`` gets the trained weights after each iteration, before averaging."""
+    trainer = make_trainer(net, ["a", "b"], ["c", "d"], iterations=6)
+    handlers, resume = [averaging], None
+    if resume_path is not None:
+        resume = ResumableTraining(path=resume_path, interval=2, network=net,
+                                   optimizers=[trainer.lower_optimizer, trainer.upper_optimizer], lr_schedulers=[],
+                                   samplers=[trainer.data_loader.sampler, trainer.upper_data_loader.sampler],
+                                   transforms=Compose([]), fingerprint="test", stateful=[averaging])  # fmt: skip
+        handlers.insert(0, resume)
+    if record is not None:
 
         @trainer.on(Events.EPOCH_COMPLETED)
         def _record(engine):
             record[engine.state.epoch] = _trained(net)
 
-    for h in handlers + [averaging]:
+    for h in handlers:
         h.attach(trainer)
     if stop_after is not None:
 
@@ -53,7 +61,7 @@ def _run(make_trainer, net, averaging, iterations=6, resume=None, stop_after=Non
             raise _Interrupted
 
     trainer.run()
-    return trainer
+    return resume
 
 
 def test_final_weights_are_the_mean_of_the_snapshots(make_trainer, tiny_net, tmp_path, one_thread):
@@ -85,23 +93,11 @@ def test_fraction_zero_keeps_the_last_weights(make_trainer, tiny_net, tmp_path, 
 
 
 def test_resumed_run_averages_the_same_snapshots(make_trainer, tiny_net, tmp_path, one_thread):
+    path = tmp_path / "resume.pt"
+
     def run(net, stop_after=None):
         averaging = SnapshotAveraging(net, fraction=0.5, interval=1)
-        trainer = make_trainer(net, ["a", "b"], ["c", "d"], iterations=6)
-        resume = ResumableTraining(path=tmp_path / "resume.pt", interval=2, network=net,
-                                   optimizers=[trainer.lower_optimizer, trainer.upper_optimizer], lr_schedulers=[],
-                                   samplers=[trainer.data_loader.sampler, trainer.upper_data_loader.sampler],
-                                   transforms=Compose([]), fingerprint="test", stateful=[averaging])  # fmt: skip
-        for h in (resume, averaging):
-            h.attach(trainer)
-        if stop_after is not None:
-
-            @trainer.on(Events.ITERATION_STARTED(once=stop_after + 1))
-            def _kill(_engine):
-                raise _Interrupted
-
-        trainer.run()
-        return averaging, resume
+        return averaging, _run(make_trainer, net, averaging, resume_path=path, stop_after=stop_after)
 
     torch.manual_seed(0)
     plain_net = copy.deepcopy(tiny_net)
@@ -110,7 +106,7 @@ def test_resumed_run_averages_the_same_snapshots(make_trainer, tiny_net, tmp_pat
     torch.manual_seed(0)
     with pytest.raises(_Interrupted):
         run(copy.deepcopy(tiny_net), stop_after=5)  # resume.pt holds iteration 4 and its one snapshot
-    saved = torch.load(tmp_path / "resume.pt", weights_only=True)
+    saved = torch.load(path, weights_only=True)
     assert saved["iteration"] == 4 and saved["stateful"][0]["count"] == 1
 
     torch.manual_seed(123)
