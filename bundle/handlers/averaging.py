@@ -22,6 +22,7 @@ from ignite.engine import Engine, Events
 
 from bundle.atomic import save_atomically
 from bundle.engines.distributed import is_main_process
+from bundle.handlers.resume import trained_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -71,9 +72,6 @@ class SnapshotAveraging:
         if self.fraction > 0:
             engine.add_event_handler(Events.EPOCH_COMPLETED, self._on_iteration_completed)
 
-    def _trained(self) -> dict[str, torch.Tensor]:
-        return {n: p for n, p in self.network.named_parameters() if p.requires_grad}
-
     def is_snapshot(self, iteration: int, last: int) -> bool:
         """Whether the weights after ``iteration`` (1-based) of a run of ``last`` iterations are averaged."""
         first = last - int(round(self.fraction * last))  # snapshots come after this iteration
@@ -83,7 +81,7 @@ class SnapshotAveraging:
     def take_snapshot(self) -> None:
         """Fold the current trained parameters into the running means."""
         self.count += 1
-        for name, p in self._trained().items():
+        for name, p in trained_parameters(self.network).items():
             value = p.detach().float()
             if name not in self.means:
                 self.means[name] = value.clone()
@@ -98,7 +96,7 @@ class SnapshotAveraging:
             return
         if self.last_weights_path is not None and is_main_process():
             save_atomically(self.network.state_dict(), self.last_weights_path)
-        for name, p in self._trained().items():
+        for name, p in trained_parameters(self.network).items():
             p.copy_(self.means[name].to(p.dtype))
         logger.info(f"snapshot averaging: final weights are the mean of {self.count} snapshots")
 

@@ -52,6 +52,11 @@ logger = logging.getLogger(__name__)
 _FORMAT = 3  # 2: GradScaler, per-rank random states with CUDA's; 3: other handlers' states ("stateful")
 
 
+def trained_parameters(network: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters training updates (``requires_grad``), by name: what resuming restores and averaging means."""
+    return {n: p for n, p in network.named_parameters() if p.requires_grad}
+
+
 def _randomizables(transform: Compose) -> list[Randomizable]:
     found = []
     for t in transform.flatten().transforms:
@@ -146,9 +151,6 @@ class ResumableTraining:
             return
         self._maybe_save(engine)
 
-    def _trainable(self) -> dict[str, torch.Tensor]:
-        return {n: p for n, p in self.network.named_parameters() if p.requires_grad}
-
     def _random_state(self) -> dict[str, Any]:
         # this process's random states (they differ between ranks: each augments its own share)
         state = {
@@ -187,7 +189,7 @@ class ResumableTraining:
             "fingerprint": self.fingerprint,
             "iteration": done,
             "epoch": done,  # one iteration per epoch
-            "params": {n: p.detach().clone() for n, p in self._trainable().items()},
+            "params": {n: p.detach().clone() for n, p in trained_parameters(self.network).items()},
             "optimizers": [o.state_dict() for o in self.optimizers],
             "lr_schedulers": [s.state_dict() for s in self.lr_schedulers],
             "samplers": [s.state_dict() for s in self.samplers],
@@ -236,7 +238,7 @@ class ResumableTraining:
         if state is None:
             return
         with torch.no_grad():
-            for name, p in self._trainable().items():
+            for name, p in trained_parameters(self.network).items():
                 p.copy_(state["params"][name])
         for obj, s in zip(self.optimizers, state["optimizers"], strict=True):
             obj.load_state_dict(s)
