@@ -10,6 +10,7 @@ from ignite.engine import Events
 from monai.transforms import Compose
 
 from bundle.handlers import ResumableTraining, SnapshotAveraging
+from bundle.handlers.resume import trained_parameters
 
 
 class _Interrupted(Exception):
@@ -17,7 +18,7 @@ class _Interrupted(Exception):
 
 
 def _trained(net: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in net.named_parameters() if p.requires_grad}
+    return {n: p.detach().clone() for n, p in trained_parameters(net).items()}
 
 
 def test_snapshot_schedule_counts_back_from_the_last_iteration():
