@@ -158,6 +158,31 @@ def test_bank_round_trip_and_a_clear_error_for_a_foreign_file(tmp_path):
             load_token_bank(path, True)
 
 
+def test_auto_uses_a_bank_when_there_is_one_and_warns_and_goes_plain_when_not(tmp_path, caplog):
+    """``--token_prior auto``: the bank beside the checkpoint when it is usable; none (a model trained on 2D
+    images, an export without its bank) or one too old for the settings segments without the prior, with a
+    warning naming the file; a broken file fails as under ``true``, and ``true`` still fails on a missing one."""
+    bank = _two_cluster_bank()
+    strata, counts = bank.fractions.argmax(dim=1), torch.tensor([50, 20, 10])
+    TokenBank(bank.features, bank.fractions, 3, strata=strata, stratum_counts=counts).save(tmp_path / "strata.pt")
+    bank.save(tmp_path / "old.pt")  # no strata: written before bundle 0.8
+    loaded = load_token_bank(tmp_path / "strata.pt", "auto", balance=0.5)
+    assert isinstance(loaded, TokenBank) and loaded.balance == 0.5 and not caplog.records
+    for path, why in ((tmp_path / "missing.pt", "no token bank at"), (tmp_path / "old.pt", "no token strata")):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="bundle.networks.token_bank"):
+            assert load_token_bank(path, " Auto ", balance=0.5) is None
+        (message,) = [r.getMessage() for r in caplog.records]
+        assert str(path) in message and why in message and "without the token prior" in message
+    torch.save({"model": {}}, tmp_path / "model.pt")
+    with pytest.raises(BundleInputError, match="model.pt: not a token bank"):
+        load_token_bank(tmp_path / "model.pt", "auto")
+    with pytest.raises(BundleInputError, match="missing.pt: not a token bank"):
+        load_token_bank(tmp_path / "missing.pt", "true")
+    with pytest.raises(BundleInputError, match="--token_prior maybe: use true, false or auto"):
+        load_token_bank(tmp_path / "strata.pt", "maybe")
+
+
 class _Stub(torch.nn.Module):
     """A network with fixed logits and an encoder whose embedding of a slice is its 4x4-pooled pixels."""
 

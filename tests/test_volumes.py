@@ -267,6 +267,22 @@ def test_train_on_volumes_then_segment_a_folder_as_the_issue_states(tmp_path):
         mask, source = nib.load(out / "case_3.nii.gz"), nib.load(test)
         assert mask.shape == source.shape and np.allclose(mask.affine, source.affine, atol=1e-5)
         assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1, 2}
+    # --token_prior auto: the bank beside the checkpoint when there is one (as true), the plain pass with a
+    # warning naming the file when the checkpoint has none (a model trained on 2D images, an export without it)
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "model.pt").write_bytes((models / "model.pt").read_bytes())
+    for ckpt, same_as in ((models / "model.pt", "out_false_true"), (alone / "model.pt", "out_false_false")):
+        out = tmp_path / f"out_auto_{ckpt.parent.name}"
+        proc = _bundle("--config_file", "['configs/inference.json','configs/volumes.json']",
+                       "--input_dir", str(inputs), "--output_dir", str(out), "--modality", "ct",
+                       "--ckpt", str(ckpt), *TINY, "--token_prior", "auto")  # fmt: skip
+        log = proc.stdout + proc.stderr
+        assert proc.returncode == 0, log[-3000:]
+        warned = f"no token bank at {alone / 'token_bank.pt'}" in log
+        assert warned == (ckpt.parent == alone), log[-3000:]
+        np.testing.assert_array_equal(nib.load(out / "case_3.nii.gz").get_fdata(),
+                                      nib.load(tmp_path / same_as / "case_3.nii.gz").get_fdata())  # fmt: skip
 
     # exported for MONAI Label / the Model Zoo, the task keeps the volume settings it was trained with
     # (CT windowing, not volumes.json's MR default; the class names, not an unresolved @structures) and

@@ -38,6 +38,11 @@ logger = logging.getLogger(__name__)
 VOTE_FLOOR = 1e-3
 FORMAT = 3  # 2: token positions in the body box stored beside the embeddings; 3: each token's stratum and the
 # support's token count per stratum, before the draw (for ``balance``)
+AUTO = "auto"  # --token_prior auto: the prior when the checkpoint has a usable bank beside it, else the plain pass
+
+
+class OutdatedTokenBankError(BundleInputError):
+    """A token bank written by an older bundle, lacking what the requested settings need."""
 
 
 @dataclass
@@ -189,12 +194,12 @@ class TokenBank:
             ) from err
         positions = state.get("positions")
         if float(position_weight) > 0 and positions is None:
-            raise BundleInputError(
+            raise OutdatedTokenBankError(
                 f"{path}: this token bank holds no token positions (written before bundle 0.7); retrain on the "
                 "volumes to rewrite it, or pass --token_prior_position 0 to vote by appearance alone"
             )
         if float(balance) > 0 and "strata" not in state:
-            raise BundleInputError(
+            raise OutdatedTokenBankError(
                 f"{path}: this token bank holds no token strata (written before bundle 0.8); retrain on the "
                 "volumes to rewrite it, or pass --token_prior_balance 0"
             )
@@ -211,10 +216,32 @@ def load_token_bank(
     position_weight: float = 0.0,
     balance: float = 0.0,
 ) -> TokenBank | None:
-    """The bank at ``path`` when ``enabled`` (``--token_prior``), else ``None``."""
+    """The bank at ``path`` when ``enabled`` (``--token_prior true``), else ``None``.
+
+    ``enabled`` ``"auto"``: the bank when ``path`` holds one the settings can use; a missing file (a model
+    trained on 2D images, an export without its bank) or a bank older than the settings need gives ``None``
+    and a warning naming the file, so the volume is segmented by the network alone. A file that is there but
+    is no token bank fails as under ``true``: a broken file is not mistaken for an absent one.
+    """
     from bundle.data.volumes import switch
 
-    return TokenBank.load(path, neighbours, position_weight, balance) if switch(enabled, "--token_prior") else None
+    if str(enabled).strip().lower() == AUTO:
+        if not os.path.isfile(path):
+            logger.warning(f"--token_prior auto: no token bank at {path} (it is written by training on volumes); "
+                           "segmenting without the token prior")  # fmt: skip
+            return None
+        try:
+            return TokenBank.load(path, neighbours, position_weight, balance)
+        except OutdatedTokenBankError as err:
+            logger.warning(f"--token_prior auto: {err}; segmenting without the token prior")
+            return None
+    try:
+        enabled = switch(enabled, "--token_prior")
+    except BundleInputError as err:
+        raise BundleInputError(f"--token_prior {enabled}: use true, false or auto") from err
+    if not enabled:
+        return None
+    return TokenBank.load(path, neighbours, position_weight, balance)
 
 
 def fuse_votes(logits: Tensor, votes: Tensor, vote_weight: float | None = None) -> Tensor:
