@@ -3,7 +3,9 @@
 Each size runs the bundle's own command (``python -m monai.bundle run`` with ``inference.json`` and
 ``volumes.json``) in a fresh process on one synthetic int16 NIfTI volume; its peak resident memory
 is read from the kernel (``RUSAGE_CHILDREN``). The fitted bytes per voxel give the size limit the
-docs state; the backbone only adds a constant (its weights and one batch of slices).
+docs state; the backbone only adds a constant (its weights and one batch of slices). The synthetic
+checkpoint has no token bank beside it, so the default ``--token_prior auto`` runs the plain pass here;
+the token prior's own peak is in the volume runs' records (``docs/results/volumes_notes.md``).
 
     python scripts/benchmark_volume_memory.py --sizes 256x256x50 512x512x100 512x512x200 \
         --out docs/results/benchmark_volume_memory.md

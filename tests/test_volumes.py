@@ -267,16 +267,18 @@ def test_train_on_volumes_then_segment_a_folder_as_the_issue_states(tmp_path):
         mask, source = nib.load(out / "case_3.nii.gz"), nib.load(test)
         assert mask.shape == source.shape and np.allclose(mask.affine, source.affine, atol=1e-5)
         assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1, 2}
-    # --token_prior auto: the bank beside the checkpoint when there is one (as true), the plain pass with a
-    # warning naming the file when the checkpoint has none (a model trained on 2D images, an export without it)
+    # --token_prior auto (the default): the bank beside the checkpoint when there is one (as true), the plain pass
+    # with a warning naming the file when the checkpoint has none (a model trained on 2D images, an export without it)
     alone = tmp_path / "alone"
     alone.mkdir()
     (alone / "model.pt").write_bytes((models / "model.pt").read_bytes())
+    # auto is the default: the runs below name no --token_prior
+    assert json.loads((ROOT / "configs" / "volumes.json").read_text())["token_prior"] == "auto"
     for ckpt, same_as in ((models / "model.pt", "out_false_true"), (alone / "model.pt", "out_false_false")):
         out = tmp_path / f"out_auto_{ckpt.parent.name}"
         proc = _bundle("--config_file", "['configs/inference.json','configs/volumes.json']",
                        "--input_dir", str(inputs), "--output_dir", str(out), "--modality", "ct",
-                       "--ckpt", str(ckpt), *TINY, "--token_prior", "auto")  # fmt: skip
+                       "--ckpt", str(ckpt), *TINY)  # fmt: skip
         log = proc.stdout + proc.stderr
         assert proc.returncode == 0, log[-3000:]
         warned = f"no token bank at {alone / 'token_bank.pt'}" in log
@@ -299,10 +301,12 @@ def test_train_on_volumes_then_segment_a_folder_as_the_issue_states(tmp_path):
     assert json.loads((task / "models" / "size_prior.json").read_text()) == prior
     assert (task / "models" / "token_bank.pt").read_bytes() == (models / "token_bank.pt").read_bytes()
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-    for option, made in (("--size_constraint", "out_true_false"), ("--token_prior", "out_false_true")):
-        out = tmp_path / f"out_exported_{option[2:]}"
+    # the exported folder's default is the token prior from the bank that travelled with the model
+    for options, made in ((("--size_constraint", "true", "--token_prior", "false"), "out_true_false"),
+                          ((), "out_false_true")):  # fmt: skip
+        out = tmp_path / f"out_exported_{made}"
         proc = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
-                               "--input_dir", str(inputs), "--output_dir", str(out), option, "true"],
+                               "--input_dir", str(inputs), "--output_dir", str(out), *options],
                               cwd=task, env=env, capture_output=True, text=True)  # fmt: skip
         assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
         np.testing.assert_array_equal(nib.load(out / "case_3.nii.gz").get_fdata(),

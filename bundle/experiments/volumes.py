@@ -481,12 +481,19 @@ def volume_report(runs: Sequence[VolumeRun], settings: VolumeSettings, report: P
             continue
         organs = list(data.structures)
         lines += [f"## {name}", "", _protocol(data), ""]
+        lines += [
+            "The bundle segments with the token prior (`--token_prior auto`, the default from bundle 0.9: on when the "
+            "checkpoint has a token bank). The organ columns and the bold mean below are the plain pass of the same "
+            "models (`--token_prior false`); the last columns are the passes with the size constraint and with the "
+            "token prior.",
+            "",
+        ]
         default = _default_token_balance()
         gammas = sorted({g for *_, t in mine for g in t}) or [default]
         header = (
             "| k | variant | seeds | "
             + " | ".join(organs)
-            + " | mean | size constraint on: mean | "
+            + " | plain: mean | size constraint on: mean | "
             + " | ".join(f"token prior on, balance {g:g}{' (default)' if g == default else ''}: mean" for g in gammas)
             + " |"
         )
@@ -513,7 +520,7 @@ def volume_report(runs: Sequence[VolumeRun], settings: VolumeSettings, report: P
                        f"({_mean_std([t['mean_hd95_mm'][o] for t in scores])})" for o in organs]  # fmt: skip
                 mean = _mean_std([100 * t["mean_dice_all"] for t in scores])
                 lines.append(f"| {k} | {variant} | {len(scores)} | " + " | ".join(per) + f" | **{mean}** |")
-        lines += ["", "HD95 (mm), without the size constraint:", ""]
+        lines += ["", "HD95 (mm), plain pass (no size constraint, no token prior):", ""]
         lines += ["| k | variant | " + " | ".join(organs) + " |", "|" + "---|" * (len(organs) + 2)]
         for k, variant, cell in _cells(mine):
             per = [_mean_std([s["mean_hd95_mm"][o] for _, _, s, _, _ in cell]) for o in organs]
@@ -605,7 +612,7 @@ def dice_vs_k(done: list, data: VolumeDataSet, path: Path) -> Path:
                         for r, _, s, *_ in runs if r.shots == k]  # fmt: skip
                 stats.append((np.mean(vals), np.std(vals)))
             ax.errorbar(shots, [m for m, _ in stats], yerr=[e for _, e in stats], marker="o", capsize=3,
-                        label=f"{organ} ({variant})", linewidth=2.5 if organ == "mean" else 1,
+                        label=f"{organ}, plain ({variant})", linewidth=2.5 if organ == "mean" else 1,
                         linestyle="-" if variant == main else "--")  # fmt: skip
     default = _default_token_balance()
     for i, balance in enumerate(sorted({g for *_, t in done for g in t})):
@@ -614,7 +621,8 @@ def dice_vs_k(done: list, data: VolumeDataSet, path: Path) -> Path:
             means, stds = [np.mean(v) for v in voted.values()], [np.std(v) for v in voted.values()]
             ax.errorbar(list(voted), means, yerr=stds, marker="sD^v"[i % 4], color="k", capsize=3, linestyle=":",
                         linewidth=2.5 if balance == default else 1, alpha=1.0 if balance == default else 0.5,
-                        label=f"mean, token prior on, balance {balance:g} ({main})")  # fmt: skip
+                        label=f"mean, token prior on, balance {balance:g} ({main})"
+                        + (" (the default)" if balance == default else ""))  # fmt: skip
     if data.anchors:
         for method, vals in data.anchors.items():
             ax.scatter([1], [vals[-1]], marker="x", s=40, zorder=3, label=f"{method} (1-shot mean, published)")

@@ -151,7 +151,7 @@ def test_report_tables_and_figures_from_finished_runs(tmp_path):
         (folder / "done.json").write_text(json.dumps(record))
     text = volume_report(runs, settings, tmp_path / "volumes.md")
     assert (
-        "| mean | size constraint on: mean | token prior on, balance 0: mean | token prior on, balance 0.5 (default)"
+        "| plain: mean | size constraint on: mean | token prior on, balance 0: mean | token prior on, balance 0.5 (default)"
         in text
     )
     assert (
@@ -161,7 +161,7 @@ def test_report_tables_and_figures_from_finished_runs(tmp_path):
     # it have none
     assert "| 2 | blo-sam | 1 | 70.0 | 70.0 | 70.0 | 70.0 | **70.0** | 72.0 | – | – |" in text
     # the default balance organ by organ, HD95 in brackets; k = 2 has no pass at it, so no row there
-    per_organ = text[text.index("With the token prior on (balance 0.5") : text.index("HD95 (mm), without")]
+    per_organ = text[text.index("With the token prior on (balance 0.5") : text.index("HD95 (mm), plain pass")]
     assert "| 1 | blo-sam | 2 | 68.5 ± 0.5 (3.5 ± 0.5) | 68.5 ± 0.5 (3.5 ± 0.5) |" in per_organ
     assert "\n| 2 | " not in per_organ
     assert "| 2 | blo-sam | 1 | 70.0 |" in text and "| AM-SAM | 87.3 | 87.1 | 84.4 | 86.0 | 86.2 |" in text
