@@ -10,6 +10,7 @@ resizing the slice, which is not how SAM-family models were trained.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,8 @@ from torch import Tensor
 from bundle.errors import BundleInputError
 from bundle.networks.backbones import backbone_spec
 from bundle.transforms import sam_intensity
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from bundle.networks.token_bank import TokenBank
@@ -190,9 +193,26 @@ class SliceWiseInferer(Inferer):
         votes = F.interpolate(votes, size=logits.shape[-2:], mode="bilinear", align_corners=False)
         return fuse_votes(logits, votes / votes.sum(dim=1, keepdim=True).clamp_min(1e-6), self.token_vote_weight)
 
+    def usable_bank(self, network: Callable[..., Tensor]) -> TokenBank | None:
+        """The token bank, checked against the network's classes. A bank of another class count (one left
+        beside a checkpoint that another training replaced) fails naming its file, or, read under
+        ``--token_prior auto``, is dropped with a warning so the network segments alone."""
+        bank, classes = self.token_bank, getattr(network, "num_classes", None)
+        if bank is None or classes is None or bank.num_classes == int(classes) + 1:
+            return bank
+        problem = (f"{bank.source or 'the token bank'}: its votes are for {bank.num_classes - 1} structures, the "
+                   f"network segments {int(classes)} (a bank left from another training?)")  # fmt: skip
+        if not bank.optional:
+            raise BundleInputError(f"{problem}; retrain on the volumes, pass --token_prior_file <file>, or "
+                                   "--token_prior false")  # fmt: skip
+        logger.warning(f"--token_prior auto: {problem}; segmenting without the token prior")
+        self.token_bank = None
+        return None
+
     def __call__(self, inputs: Tensor, network: Callable[..., Tensor], *args, **kwargs) -> Tensor:
         if inputs.ndim != 5:
             raise ValueError(f"SliceWiseInferer expects B x C x H x W x D volumes, got {tuple(inputs.shape)}.")
+        self.usable_bank(network)
         batch = inputs.shape[0]
         volume = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs  # slicing batched meta fails
         # Memory stays bounded by the output itself: slices are read from the volume one batch at a

@@ -160,20 +160,34 @@ def test_bank_round_trip_and_a_clear_error_for_a_foreign_file(tmp_path):
 
 def test_auto_uses_a_bank_when_there_is_one_and_warns_and_goes_plain_when_not(tmp_path, caplog):
     """``--token_prior auto``: the bank beside the checkpoint when it is usable; none (a model trained on 2D
-    images, an export without its bank) or one too old for the settings segments without the prior, with a
-    warning naming the file; a broken file fails as under ``true``, and ``true`` still fails on a missing one."""
+    images, an export without its bank) or one without token positions segments without the prior, and one
+    without strata votes at balance 0, each with a warning naming the file; a broken file fails as under
+    ``true``, and ``true`` still fails on a missing or older one."""
     bank = _two_cluster_bank()
     strata, counts = bank.fractions.argmax(dim=1), torch.tensor([50, 20, 10])
     TokenBank(bank.features, bank.fractions, 3, strata=strata, stratum_counts=counts).save(tmp_path / "strata.pt")
     bank.save(tmp_path / "old.pt")  # no strata: written before bundle 0.8
     loaded = load_token_bank(tmp_path / "strata.pt", "auto", balance=0.5)
-    assert isinstance(loaded, TokenBank) and loaded.balance == 0.5 and not caplog.records
-    for path, why in ((tmp_path / "missing.pt", "no token bank at"), (tmp_path / "old.pt", "no token strata")):
+    assert isinstance(loaded, TokenBank) and loaded.balance == 0.5 and loaded.optional and not caplog.records
+    assert loaded.source == str(tmp_path / "strata.pt") and not load_token_bank(tmp_path / "strata.pt", True).optional
+    TokenBank(bank.features, bank.fractions, 3, torch.rand(15, 2)).save(tmp_path / "placed.pt")  # bundle 0.7
+    for path, why in ((tmp_path / "missing.pt", "no token bank at"), (tmp_path / "old.pt", "no token positions")):
         caplog.clear()
         with caplog.at_level("WARNING", logger="bundle.networks.token_bank"):
-            assert load_token_bank(path, " Auto ", balance=0.5) is None
+            assert load_token_bank(path, " Auto ", position_weight=0.5, balance=0.5) is None
         (message,) = [r.getMessage() for r in caplog.records]
         assert str(path) in message and why in message and "without the token prior" in message
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="bundle.networks.token_bank"):  # a bank of bundle 0.7 votes as 0.7 did
+        older = load_token_bank(tmp_path / "placed.pt", "auto", position_weight=0.5, balance=0.5)
+    assert older.optional and older.balance == 0.0 and older.position_weight == 0.5
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert str(tmp_path / "placed.pt") in message and "voting at --token_prior_balance 0" in message
+    with pytest.raises(BundleInputError, match="no token strata"):
+        load_token_bank(tmp_path / "placed.pt", True, position_weight=0.5, balance=0.5)  # true asks as before
+    (tmp_path / "a_folder").mkdir()
+    with pytest.raises(BundleInputError, match="a_folder: not a token bank"):  # there, but not a bank
+        load_token_bank(tmp_path / "a_folder", "auto")
     torch.save({"model": {}}, tmp_path / "model.pt")
     with pytest.raises(BundleInputError, match="model.pt: not a token bank"):
         load_token_bank(tmp_path / "model.pt", "auto")
@@ -215,6 +229,32 @@ def test_slice_wise_inference_adds_the_log_votes_to_the_logits():
     votes = votes / votes.sum(dim=1, keepdim=True)
     expected = SliceWiseInferer(16).slicer.from_upright(torch.log(votes.clamp_min(VOTE_FLOOR))[0])
     torch.testing.assert_close(fused[0, :, :, :, 1], expected)
+
+
+def test_a_bank_of_other_classes_fails_naming_its_file_or_under_auto_is_skipped(tmp_path, caplog):
+    """A bank left beside a checkpoint that another training replaced (another class count): ``true`` fails
+    naming the file; ``auto`` warns and segments with the network alone."""
+    torch.manual_seed(0)
+    volume = torch.rand(1, 1, 16, 16, 2) * 255
+    strata, counts = torch.zeros(40, dtype=torch.long), torch.tensor([40, 0, 0])
+    bank = TokenBank(F.normalize(torch.randn(40, 3), dim=1), torch.tensor([[1.0, 0, 0]] * 40), 4, strata=strata,
+                     stratum_counts=counts)  # fmt: skip
+    bank.save(tmp_path / "token_bank.pt")
+    network = _Stub(classes=2)
+    network.num_classes = 1  # one structure: background and foreground logits; the bank votes for two
+    plain = SliceWiseInferer(16, backbone=None)(volume, network)
+    with pytest.raises(BundleInputError, match=f"{tmp_path / 'token_bank.pt'}: its votes are for 2 structures"):
+        SliceWiseInferer(16, backbone=None, token_bank=load_token_bank(tmp_path / "token_bank.pt", True))(
+            volume, network
+        )
+    inferer = SliceWiseInferer(16, backbone=None, token_bank=load_token_bank(tmp_path / "token_bank.pt", "auto"))
+    with caplog.at_level("WARNING", logger="bundle.inferers"):
+        skipped = inferer(volume, network)
+    assert torch.equal(skipped, plain) and inferer.token_bank is None
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert str(tmp_path / "token_bank.pt") in message and "without the token prior" in message
+    network.num_classes = 2  # a bank of the network's classes is used
+    assert SliceWiseInferer(16, backbone=None, token_bank=bank).usable_bank(network) is bank
 
 
 def test_slice_wise_inference_with_position_aware_votes_and_a_weighted_mean():
