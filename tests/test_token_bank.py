@@ -167,8 +167,12 @@ def test_auto_uses_a_bank_when_there_is_one_and_warns_and_goes_plain_when_not(tm
     strata, counts = bank.fractions.argmax(dim=1), torch.tensor([50, 20, 10])
     TokenBank(bank.features, bank.fractions, 3, strata=strata, stratum_counts=counts).save(tmp_path / "strata.pt")
     bank.save(tmp_path / "old.pt")  # no strata: written before bundle 0.8
-    loaded = load_token_bank(tmp_path / "strata.pt", "auto", balance=0.5)
-    assert isinstance(loaded, TokenBank) and loaded.balance == 0.5 and loaded.optional and not caplog.records
+    with caplog.at_level("INFO", logger="bundle.networks.token_bank"):
+        loaded = load_token_bank(tmp_path / "strata.pt", "auto", balance=0.5)
+    assert isinstance(loaded, TokenBank) and loaded.balance == 0.5 and loaded.optional
+    (used,) = caplog.records  # which bank the default took, and when it was written
+    assert used.levelname == "INFO" and f"voting with {tmp_path / 'strata.pt'} (written 20" in used.getMessage()
+    assert "15 support tokens, 2 structures" in used.getMessage()
     assert loaded.source == str(tmp_path / "strata.pt") and not load_token_bank(tmp_path / "strata.pt", True).optional
     TokenBank(bank.features, bank.fractions, 3, torch.rand(15, 2)).save(tmp_path / "placed.pt")  # bundle 0.7
     for path, why in ((tmp_path / "missing.pt", "no token bank at"), (tmp_path / "old.pt", "no token positions")):

@@ -16,6 +16,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -273,6 +274,11 @@ def load_token_bank(
                 "--token_prior_balance 0, as that bundle did (retrain on the volumes for the default balance)"
             )
         bank.optional = True
+        # which bank the default picked up, and when it was written: a bank left beside a checkpoint that a later
+        # training of the same class count replaced cannot be told from the right one, but the user can see it
+        written = datetime.fromtimestamp(os.path.getmtime(path)).strftime("%Y-%m-%d %H:%M")
+        logger.info(f"--token_prior auto: voting with {path} (written {written}; {len(bank.features)} support tokens, "
+                    f"{bank.num_classes - 1} structures)")  # fmt: skip
         return bank
     try:
         enabled = switch(enabled, "--token_prior")
