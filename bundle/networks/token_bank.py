@@ -45,13 +45,9 @@ AUTO = "auto"  # --token_prior auto: the prior when the checkpoint has a usable 
 class OutdatedTokenBankError(BundleInputError):
     """A token bank written by an older bundle, lacking what the requested settings need."""
 
-    missing = ""  # "positions" or "strata", set where it is raised
 
-
-def _outdated(message: str, missing: str) -> OutdatedTokenBankError:
-    err = OutdatedTokenBankError(message)
-    err.missing = missing
-    return err
+class NoTokenStrataError(OutdatedTokenBankError):
+    """A token bank written before bundle 0.8: no strata, so it can only vote at balance 0."""
 
 
 @dataclass
@@ -208,16 +204,14 @@ class TokenBank:
             ) from err
         positions = state.get("positions")
         if float(position_weight) > 0 and positions is None:
-            raise _outdated(
+            raise OutdatedTokenBankError(
                 f"{path}: this token bank holds no token positions (written before bundle 0.7); retrain on the "
-                "volumes to rewrite it, or pass --token_prior_position 0 to vote by appearance alone",
-                missing="positions",
+                "volumes to rewrite it, or pass --token_prior_position 0 to vote by appearance alone"
             )
         if float(balance) > 0 and "strata" not in state:
-            raise _outdated(
+            raise NoTokenStrataError(
                 f"{path}: this token bank holds no token strata (written before bundle 0.8); retrain on the "
-                "volumes to rewrite it, or pass --token_prior_balance 0",
-                missing="strata",
+                "volumes to rewrite it, or pass --token_prior_balance 0"
             )
         positions = None if positions is None else positions.float()
         neighbours = int(neighbours or state.get("neighbours", 10))
@@ -260,19 +254,15 @@ def load_token_bank(
             return None
         try:
             bank = TokenBank.load(path, neighbours, position_weight, balance)
-        except OutdatedTokenBankError as err:
-            if err.missing != "strata":
-                logger.warning(f"--token_prior auto: {err}; segmenting without the token prior")
-                return None
-            try:
-                bank = TokenBank.load(path, neighbours, position_weight, 0.0)
-            except OutdatedTokenBankError as older:
-                logger.warning(f"--token_prior auto: {older}; segmenting without the token prior")
-                return None
+        except NoTokenStrataError:  # its positions passed the check already: at balance 0 it loads
+            bank = TokenBank.load(path, neighbours, position_weight, 0.0)
             logger.warning(
                 f"--token_prior auto: {path} holds no token strata (written before bundle 0.8); voting at "
                 "--token_prior_balance 0, as that bundle did (retrain on the volumes for the default balance)"
             )
+        except OutdatedTokenBankError as err:
+            logger.warning(f"--token_prior auto: {err}; segmenting without the token prior")
+            return None
         bank.optional = True
         # which bank the default picked up, and when it was written: a bank left beside a checkpoint that a later
         # training of the same class count replaced cannot be told from the right one, but the user can see it
