@@ -24,6 +24,8 @@ from torch import Tensor
 
 from bundle.errors import BundleInputError
 from bundle.networks.backbones import backbone_spec
+from bundle.networks.box_prompt import NO_OBJECT_LOGIT, component_boxes
+from bundle.postprocessing import CleanMaskd, DropUnsureComponentsd
 from bundle.transforms import sam_intensity
 
 logger = logging.getLogger(__name__)
@@ -290,3 +292,87 @@ class FlipTTAInferer(Inferer):
         if isinstance(value, Tensor) and value.ndim == inputs.ndim and value.shape[2:] == inputs.shape[2:]:
             return torch.flip(value, dims)
         return value
+
+
+class BoxRefineInferer(Inferer):
+    """A prompt-free pass (with :class:`FlipTTAInferer`'s flips), then a second pass of the same network
+    prompted with one box per found component, whose masks replace the first pass's.
+
+    A decoder fine-tuned on a few images often finds only part of an object (a large polyp in two or three
+    fragments, or its brightest half): its HD95 is then set by the object's far edge. SAM-family decoders
+    were trained to segment the whole object inside a box, so the box of each found component asks the
+    network for all of it. As a user's box in MONAI Label's interactive model (``interactive_box``
+    ``replace``), each box takes the place of the learnt sparse tokens and the learnt dense prompt stays.
+    The boxes come from the components that the preset's clean-up would keep (the ``confidence_margin``,
+    ``min_size`` and ``min_relative_size`` of ``configs/train.json``, applied here on the model's grid, where
+    ``min_size`` counts the padded square's pixels). A class whose first pass is empty there stays empty.
+    The second pass reuses the image embedding (the network's embedding cache): one decoder pass per box,
+    no encoder pass. MONAI has no such two-pass inferer; SAM's own ``SamPredictor`` takes a box but no
+    first pass.
+
+    Args:
+        flips: the first pass's test-time flips (``tta_flips``).
+        refine: run the box pass (``False``: exactly :class:`FlipTTAInferer`).
+        margin: ``postprocess_confidence_margin`` of the clean-up that picks the components.
+        min_size: ``postprocess_min_size`` of that clean-up.
+        min_relative_size: ``postprocess_min_relative_size`` of that clean-up.
+        expand: each box grows by this fraction of its width and height (half on each side).
+        min_area: components smaller than this (model-grid pixels) get no box.
+    """
+
+    def __init__(
+        self,
+        flips: list[list[int]] | None = None,
+        refine: bool = True,
+        margin: float = 0.0,
+        min_size: float = 0.0,
+        min_relative_size: float = 0.0,
+        expand: float = 0.0,
+        min_area: int = 16,
+    ) -> None:
+        super().__init__()
+        self.first = FlipTTAInferer(flips)
+        self.refine = bool(refine)
+        self.drop = DropUnsureComponentsd("pred", margin, min_size)
+        self.min_size, self.min_relative_size = min_size, min_relative_size
+        if not 0.0 <= float(expand) <= 1.0:
+            raise ValueError(f"refine_box_expand is a fraction of the box (0 <= x <= 1), got {expand}")
+        self.expand, self.min_area = float(expand), int(min_area)
+
+    def __call__(self, inputs: Tensor, network: Callable[..., Tensor], *args, **kwargs) -> Tensor:
+        first = self.first(inputs, network, *args, **kwargs)
+        if not self.refine or args or kwargs:  # a network prompted from outside (the box bound) is left alone
+            return first
+        net = getattr(network, "module", network)  # DistributedDataParallel
+        if not all(hasattr(net, a) for a in ("encode", "decode", "prompt_encoder")):
+            raise TypeError(f"refine_boxes needs a BLO-SAM network (encode, decode, prompt_encoder), got {type(net)}")
+        plain = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
+        clean = CleanMaskd("pred", first.shape[1] - 1, False, None, self.min_size, self.min_relative_size)
+        out = first.clone()
+        with torch.no_grad():
+            embeddings = net.encode(plain)
+            for b, (embedding, logits) in enumerate(zip(embeddings, first, strict=True)):
+                probs = torch.softmax(logits.float(), dim=0)
+                classes = clean.clean(self.drop.drop(probs).argmax(0, keepdim=True))[0]
+                out[b, 0] = 0.0  # background: a constant 0 logit, as the network's own
+                for c in range(1, first.shape[1]):
+                    boxes = self.boxes(classes == c)
+                    if not boxes:
+                        out[b, c] = NO_OBJECT_LOGIT
+                        continue
+                    box = torch.tensor(boxes, dtype=embedding.dtype, device=embedding.device)
+                    sparse, _ = net.prompt_encoder(points=None, boxes=box, masks=None)
+                    dense = net.learnt_prompt(len(boxes), embedding.dtype)[1]
+                    repeated = embedding.unsqueeze(0).expand(len(boxes), -1, -1, -1)
+                    per_box = net.decode(repeated, sparse.to(embedding.dtype), dense.expand(len(boxes), -1, -1, -1))
+                    out[b, c] = per_box[:, c].amax(dim=0).to(out.dtype)  # the class's head, union over its boxes
+        return out
+
+    def boxes(self, mask: Tensor) -> list[list[float]]:
+        """``[x0, y0, x1, y1]`` boxes of ``mask``'s components, grown by ``expand`` and kept on the grid."""
+        height, width = mask.shape[-2:]
+        grown = []
+        for x0, y0, x1, y1 in component_boxes(mask, self.min_area):
+            dx, dy = (x1 - x0 + 1) * self.expand / 2, (y1 - y0 + 1) * self.expand / 2
+            grown.append([max(0.0, x0 - dx), max(0.0, y0 - dy), min(width - 1.0, x1 + dx), min(height - 1.0, y1 + dy)])
+        return grown

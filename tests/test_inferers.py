@@ -180,3 +180,92 @@ def test_available_memory_is_read_from_the_kernel():
     available = available_memory()
     if Path("/proc/meminfo").exists():
         assert available is not None and 0 < available < 2**50
+
+
+class _BoxEcho(torch.nn.Module):
+    """A stand-in BLO-SAM: the prompt-free pass finds fixed parts of an object, a box prompt returns the box.
+
+    Without a box the class-1 logit is +10 on ``found`` and -10 elsewhere; with boxes, one mask per box,
+    +10 inside it. Records the boxes it was given."""
+
+    def __init__(self, found: torch.Tensor) -> None:
+        super().__init__()
+        self.found, self.boxes_seen = found, []
+
+    def encode(self, x):
+        return x
+
+    def learnt_prompt(self, batch, dtype):
+        return torch.zeros(batch, 2, 4, dtype=dtype), torch.zeros(1, 4, 1, 1, dtype=dtype)
+
+    def prompt_encoder(self, points=None, boxes=None, masks=None):
+        self.boxes_seen.append(boxes.tolist())
+        return boxes.reshape(-1, 1, 4), torch.zeros(1, 4, 1, 1)
+
+    def decode(self, embeddings, sparse=None, dense=None):
+        n, (h, w) = embeddings.shape[0], embeddings.shape[-2:]
+        if sparse is None:
+            fg = self.found.float().expand(n, 1, h, w) * 20 - 10
+        else:
+            fg = torch.full((n, 1, h, w), -10.0)
+            for i, (x0, y0, x1, y1) in enumerate(sparse[:, 0].tolist()):
+                fg[i, 0, int(y0) : int(y1) + 1, int(x0) : int(x1) + 1] = 10.0
+        return torch.cat([torch.zeros_like(fg), fg], 1)
+
+    def forward(self, x):
+        return self.decode(self.encode(x))
+
+
+def test_box_refinement_asks_for_each_kept_component_whole():
+    """Two fragments of one object: each gets its box and the box masks replace the fragments; a fragment
+    that the clean-up drops (under a quarter of the largest) gets none; off, the inferer is the flip TTA."""
+    from bundle.inferers import BoxRefineInferer, FlipTTAInferer
+
+    found = torch.zeros(32, 32, dtype=torch.bool)
+    found[4:12, 4:10] = True  # 48 px
+    found[20:26, 20:30] = True  # 60 px
+    found[28:30, 2:4] = True  # 4 px: dropped by min_relative_size 0.25, so no box
+    net, x = _BoxEcho(found), torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(BoxRefineInferer([[1]], refine=False)(x, net), FlipTTAInferer([[1]])(x, net))
+        out = BoxRefineInferer([], min_relative_size=0.25, min_area=4)(x, net)
+    assert net.boxes_seen == [[[4.0, 4.0, 9.0, 11.0], [20.0, 20.0, 29.0, 25.0]]]
+    expected = torch.zeros(32, 32, dtype=torch.bool)
+    expected[4:12, 4:10] = expected[20:26, 20:30] = True
+    assert torch.equal(out.argmax(1)[0].bool(), expected)
+
+
+def test_box_refinement_grows_boxes_and_leaves_an_empty_class_empty():
+    from bundle.inferers import BoxRefineInferer
+
+    found = torch.zeros(32, 32, dtype=torch.bool)
+    found[10:20, 10:14] = True  # a box 4 wide, 10 high
+    net = _BoxEcho(found)
+    with torch.no_grad():
+        out = BoxRefineInferer([], expand=0.5, min_area=4)(torch.rand(1, 3, 32, 32), net)
+    assert net.boxes_seen == [[[9.0, 7.5, 14.0, 21.5]]]  # half of 0.5 x (4, 10) on each side
+    assert out.argmax(1).sum() > found.sum()
+    empty = _BoxEcho(torch.zeros(32, 32, dtype=torch.bool))
+    with torch.no_grad():
+        out = BoxRefineInferer([], min_area=4)(torch.rand(1, 3, 32, 32), empty)
+    assert out.argmax(1).sum() == 0 and empty.boxes_seen == []
+    with pytest.raises(ValueError, match="refine_box_expand"):
+        BoxRefineInferer([], expand=2.0)
+
+
+def test_box_refinement_runs_on_a_real_network_and_keeps_the_meta():
+    """The tiny SAM backbone through the inferer: class count, grid and the input's meta (Invertd reads it)."""
+    from monai.data import MetaTensor
+
+    from bundle.inferers import BoxRefineInferer
+    from bundle.networks import BLOSAM
+
+    torch.manual_seed(0)
+    net = BLOSAM("sam_tiny").eval()
+    with torch.no_grad():
+        net.mask_decoder.output_hypernetworks_mlps[1].layers[-1].bias.fill_(5.0)  # the first pass finds something
+        x = MetaTensor(torch.rand(1, 3, net.input_size, net.input_size), meta={"filename_or_obj": "a.png"})
+        out = BoxRefineInferer([[1]])(x, net)
+    assert out.shape == (1, 2, net.input_size, net.input_size)
+    assert isinstance(out, MetaTensor) and out.meta["filename_or_obj"] == "a.png"
+    assert torch.isfinite(out).all()
