@@ -64,7 +64,7 @@ RELEASE_URL = "https://github.com/<owner>/<repo>/releases/download/v{version}/{a
 # the folders or the workflow, or are built from the settings; every other shared key is a task setting.
 RUN_KEYS = frozenset(
     {"imports", "bundle_root", "ckpt_dir", "dataset_dir", "output_dir", "device", "amp"}
-    | {"num_classes", "clean_mask", "drop_unsure", "network_def", "network", "initialize", "run"}
+    | {"num_classes", "clean_mask", "drop_unsure", "network_def", "network", "refine_network", "initialize", "run"}
     | {"batch_size", "embedding_cache"}  # the loader's and the cache's: training's differ from inference's
     | {"size_prior_file", "token_prior_file"}  # beside the checkpoint; the export copies the files next to model.pt
 )

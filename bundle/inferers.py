@@ -300,19 +300,30 @@ class BoxRefineInferer(Inferer):
 
     A decoder fine-tuned on a few images often finds only part of an object (a large polyp in two or three
     fragments, or its brightest half): its HD95 is then set by the object's far edge. SAM-family decoders
-    were trained to segment the whole object inside a box, so the box of each found component asks the
-    network for all of it. As a user's box in MONAI Label's interactive model (``interactive_box``
-    ``replace``), each box takes the place of the learnt sparse tokens and the learnt dense prompt stays.
-    The boxes come from the components that the preset's clean-up would keep (the ``confidence_margin``,
-    ``min_size`` and ``min_relative_size`` of ``configs/train.json``, applied here on the model's grid, where
-    ``min_size`` counts the padded square's pixels). A class whose first pass is empty there stays empty.
-    The second pass reuses the image embedding (the network's embedding cache): one decoder pass per box,
-    no encoder pass. MONAI has no such two-pass inferer; SAM's own ``SamPredictor`` takes a box but no
-    first pass.
+    were trained to segment the whole object inside a box, so the box of each found component asks for all
+    of it. The boxes come from the components that the preset's clean-up would keep (the
+    ``confidence_margin``, ``min_size`` and ``min_relative_size`` of ``configs/train.json``, applied here on
+    the model's grid, where ``min_size`` counts the padded square's pixels). A class whose first pass is
+    empty there stays empty. The second pass reuses the image embedding (the network's embedding cache; the
+    encoder is frozen, so the released backbone's embedding is the same): one decoder pass per box, no
+    encoder pass. MONAI has no such two-pass inferer; SAM's own ``SamPredictor`` takes a box but no first
+    pass.
+
+    Who answers the boxes (``refine_boxes``):
+
+    - ``"pretrained"``: the released backbone (``refiner``), as the box-prompted zero-shot bound
+      (:class:`~bundle.networks.box_prompt.BoxPromptedSAM`): SAM's single-mask output per box, the union
+      over a class's boxes;
+    - ``"trained"``: the trained network itself, as a user's box in MONAI Label's interactive model
+      (``interactive_box`` ``replace``: the box in place of the learnt sparse tokens, the learnt dense prompt
+      kept), the class's own head. On a Kvasir-SEG development model this lost 6-10 Dice points
+      (``docs/results/fewshot/dev/kvasir_4shot_pool/commands.md``).
 
     Args:
         flips: the first pass's test-time flips (``tta_flips``).
-        refine: run the box pass (``False``: exactly :class:`FlipTTAInferer`).
+        refine: ``"pretrained"`` or ``"trained"`` (above); ``False`` or ``None``: no box pass, exactly
+            :class:`FlipTTAInferer`.
+        refiner: the released backbone as a :class:`~bundle.networks.BLOSAM` (needed for ``"pretrained"``).
         margin: ``postprocess_confidence_margin`` of the clean-up that picks the components.
         min_size: ``postprocess_min_size`` of that clean-up.
         min_relative_size: ``postprocess_min_relative_size`` of that clean-up.
@@ -323,7 +334,8 @@ class BoxRefineInferer(Inferer):
     def __init__(
         self,
         flips: list[list[int]] | None = None,
-        refine: bool = True,
+        refine: str | bool | None = None,
+        refiner: Callable[..., Tensor] | None = None,
         margin: float = 0.0,
         min_size: float = 0.0,
         min_relative_size: float = 0.0,
@@ -332,7 +344,12 @@ class BoxRefineInferer(Inferer):
     ) -> None:
         super().__init__()
         self.first = FlipTTAInferer(flips)
-        self.refine = bool(refine)
+        self.refine = {False: None, None: None, "false": None, True: "trained"}.get(refine, refine)
+        if self.refine not in (None, "trained", "pretrained"):
+            raise ValueError(f"refine_boxes: use false, 'trained' or 'pretrained', got {refine!r}")
+        if self.refine == "pretrained" and refiner is None:
+            raise ValueError("refine_boxes 'pretrained' needs the released backbone as refiner (refine_network)")
+        self.refiner = refiner
         self.drop = DropUnsureComponentsd("pred", margin, min_size)
         self.min_size, self.min_relative_size = min_size, min_relative_size
         if not 0.0 <= float(expand) <= 1.0:
@@ -360,13 +377,21 @@ class BoxRefineInferer(Inferer):
                     if not boxes:
                         out[b, c] = NO_OBJECT_LOGIT
                         continue
-                    box = torch.tensor(boxes, dtype=embedding.dtype, device=embedding.device)
-                    sparse, _ = net.prompt_encoder(points=None, boxes=box, masks=None)
-                    dense = net.learnt_prompt(len(boxes), embedding.dtype)[1]
-                    repeated = embedding.unsqueeze(0).expand(len(boxes), -1, -1, -1)
-                    per_box = net.decode(repeated, sparse.to(embedding.dtype), dense.expand(len(boxes), -1, -1, -1))
-                    out[b, c] = per_box[:, c].amax(dim=0).to(out.dtype)  # the class's head, union over its boxes
+                    out[b, c] = self.answer(net, embedding, boxes, c).to(out.dtype)
         return out
+
+    def answer(self, net: Callable[..., Tensor], embedding: Tensor, boxes: list[list[float]], c: int) -> Tensor:
+        """Class ``c``'s logits on the model grid for its ``boxes``: the union (maximum) over the boxes."""
+        box = torch.tensor(boxes, dtype=embedding.dtype, device=embedding.device)
+        repeated = embedding.unsqueeze(0).expand(len(boxes), -1, -1, -1)
+        if self.refine == "pretrained":  # the released decoder, as the zero-shot bound: SAM's single-mask token
+            refiner = getattr(self.refiner, "module", self.refiner)
+            sparse, dense = refiner.prompt_encoder(points=None, boxes=box, masks=None)
+            return refiner.decode(repeated, sparse.to(embedding.dtype), dense.to(embedding.dtype))[:, 1].amax(dim=0)
+        sparse, _ = net.prompt_encoder(points=None, boxes=box, masks=None)
+        dense = net.learnt_prompt(len(boxes), embedding.dtype)[1]
+        per_box = net.decode(repeated, sparse.to(embedding.dtype), dense.expand(len(boxes), -1, -1, -1))
+        return per_box[:, c].amax(dim=0)  # the class's own head
 
     def boxes(self, mask: Tensor) -> list[list[float]]:
         """``[x0, y0, x1, y1]`` boxes of ``mask``'s components, grown by ``expand`` and kept on the grid."""

@@ -228,7 +228,7 @@ def test_box_refinement_asks_for_each_kept_component_whole():
     net, x = _BoxEcho(found), torch.rand(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(BoxRefineInferer([[1]], refine=False)(x, net), FlipTTAInferer([[1]])(x, net))
-        out = BoxRefineInferer([], min_relative_size=0.25, min_area=4)(x, net)
+        out = BoxRefineInferer([], "trained", min_relative_size=0.25, min_area=4)(x, net)
     assert net.boxes_seen == [[[4.0, 4.0, 9.0, 11.0], [20.0, 20.0, 29.0, 25.0]]]
     expected = torch.zeros(32, 32, dtype=torch.bool)
     expected[4:12, 4:10] = expected[20:26, 20:30] = True
@@ -242,15 +242,33 @@ def test_box_refinement_grows_boxes_and_leaves_an_empty_class_empty():
     found[10:20, 10:14] = True  # a box 4 wide, 10 high
     net = _BoxEcho(found)
     with torch.no_grad():
-        out = BoxRefineInferer([], expand=0.5, min_area=4)(torch.rand(1, 3, 32, 32), net)
+        out = BoxRefineInferer([], "trained", expand=0.5, min_area=4)(torch.rand(1, 3, 32, 32), net)
     assert net.boxes_seen == [[[9.0, 7.5, 14.0, 21.5]]]  # half of 0.5 x (4, 10) on each side
     assert out.argmax(1).sum() > found.sum()
     empty = _BoxEcho(torch.zeros(32, 32, dtype=torch.bool))
     with torch.no_grad():
-        out = BoxRefineInferer([], min_area=4)(torch.rand(1, 3, 32, 32), empty)
+        out = BoxRefineInferer([], "trained", min_area=4)(torch.rand(1, 3, 32, 32), empty)
     assert out.argmax(1).sum() == 0 and empty.boxes_seen == []
     with pytest.raises(ValueError, match="refine_box_expand"):
-        BoxRefineInferer([], expand=2.0)
+        BoxRefineInferer([], "trained", expand=2.0)
+    with pytest.raises(ValueError, match="refine_boxes: use false"):
+        BoxRefineInferer([], "maybe")
+    with pytest.raises(ValueError, match="needs the released backbone"):
+        BoxRefineInferer([], "pretrained")
+
+
+def test_box_refinement_by_the_released_backbone_uses_its_single_mask_output():
+    """``pretrained``: the boxes go to the refiner (the released backbone), whose SAM single-mask output (channel
+    1) answers for every class, as in the zero-shot bound; the trained network only gives the first pass."""
+    from bundle.inferers import BoxRefineInferer
+
+    found = torch.zeros(32, 32, dtype=torch.bool)
+    found[8:16, 8:12] = True
+    net, refiner = _BoxEcho(found), _BoxEcho(torch.zeros(32, 32, dtype=torch.bool))
+    with torch.no_grad():
+        out = BoxRefineInferer([], "pretrained", refiner=refiner, min_area=4)(torch.rand(1, 3, 32, 32), net)
+    assert net.boxes_seen == [] and refiner.boxes_seen == [[[8.0, 8.0, 11.0, 15.0]]]
+    assert torch.equal(out.argmax(1)[0].bool(), found)
 
 
 def test_box_refinement_runs_on_a_real_network_and_keeps_the_meta():
@@ -265,7 +283,11 @@ def test_box_refinement_runs_on_a_real_network_and_keeps_the_meta():
     with torch.no_grad():
         net.mask_decoder.output_hypernetworks_mlps[1].layers[-1].bias.fill_(5.0)  # the first pass finds something
         x = MetaTensor(torch.rand(1, 3, net.input_size, net.input_size), meta={"filename_or_obj": "a.png"})
-        out = BoxRefineInferer([[1]])(x, net)
+        refiner, calls = BLOSAM("sam_tiny").eval(), []
+        decode = refiner.decode
+        refiner.decode = lambda *a, **k: calls.append(a[0].shape[0]) or decode(*a, **k)
+        out = BoxRefineInferer([[1]], "pretrained", refiner=refiner)(x, net)
+        assert calls and BoxRefineInferer([[1]], "trained")(x, net).shape == out.shape  # the box pass ran
     assert out.shape == (1, 2, net.input_size, net.input_size)
     assert isinstance(out, MetaTensor) and out.meta["filename_or_obj"] == "a.png"
     assert torch.isfinite(out).all()
