@@ -57,6 +57,7 @@ def test_export_writes_a_self_contained_task_bundle_with_matching_exports(tmp_pa
     assert inference["backbone"] == "sam_tiny" and inference["class_names"] == ["polyp"]
     assert inference["tta_flips"] == [[0], [1], [0, 1]] and inference["postprocess_min_size"] == 0.002  # the preset's
     assert inference["postprocess_min_relative_size"] == 0.25 and inference["postprocess_confidence_margin"] == 0.2
+    assert inference["refine_boxes"] == "pretrained" and "refine_network" in inference  # built there, not carried
     assert inference[EXPORT_NET_ID]["_target_"] == "bundle.export.batch_flexible"
     assert inference["input_dir"] == "@dataset_dir" and inference["dataset_dir"].endswith("/sample'")
     meta = json.loads((task / "configs" / "metadata.json").read_text())

@@ -291,3 +291,27 @@ def test_box_refinement_runs_on_a_real_network_and_keeps_the_meta():
     assert out.shape == (1, 2, net.input_size, net.input_size)
     assert isinstance(out, MetaTensor) and out.meta["filename_or_obj"] == "a.png"
     assert torch.isfinite(out).all()
+
+
+def test_the_kvasir_preset_refines_with_the_released_backbone_and_plain_inference_does_not():
+    """The preset's evaluation (and so its exported task's inference and MONAI Label's auto-segmentation, which
+    carry ``refine_boxes``) builds the box pass with a second network from the backbone's own weights; a bundle
+    without the setting builds neither."""
+    from monai.bundle import ConfigParser
+
+    from bundle.inferers import BoxRefineInferer
+    from bundle.networks import BLOSAM
+
+    configs = ROOT / "configs"
+    for files, inferer_id, refine in (
+        (["train.json", "datasets/kvasir.json"], "validate#inferer", "pretrained"),
+        (["train.json"], "validate#inferer", None),
+        (["inference.json"], "inferer", None),
+    ):
+        parser = ConfigParser()
+        parser.read_config([str(configs / f) for f in files])
+        parser.update({"bundle_root": str(ROOT), "backbone": "sam_tiny", "device": "cpu"})
+        inferer = parser.get_parsed_content(inferer_id)
+        assert isinstance(inferer, BoxRefineInferer) and inferer.refine == refine, files
+        assert isinstance(inferer.refiner, BLOSAM) if refine else inferer.refiner is None, files
+        assert not inferer.refiner or not inferer.refiner.training  # the released decoder in eval mode

@@ -124,8 +124,9 @@ def paired_test(a: list[RunResult], b: list[RunResult]) -> PairedTest | None:
 def recorded_protocol(results: list[RunResult], root: Path) -> str:
     """One sentence on how the finished runs were made, read from their recorded ``config.json``:
     the labelled images each used (k, or k + validation images), what the encoder was shown, the training
-    augmentation where a data set's runs differ in it, the test-time flips and the confidence margin of the clean-up."""
-    settings, augmentations, flips, margins = set(), {}, {}, {}
+    augmentation where a data set's runs differ in it, the test-time flips, the confidence margin of the clean-up
+    and the box pass."""
+    settings, augmentations, flips, margins, refines = set(), {}, {}, {}, {}
     for result in results:
         path = result.run.folder(root) / "config.json"
         if result.run.seed is None or not path.is_file():
@@ -139,6 +140,8 @@ def recorded_protocol(results: list[RunResult], root: Path) -> str:
             flips.setdefault(result.run.dataset, set()).add(json.dumps(config["tta_flips"]))
         # absent before bundle 0.6.3: no margin
         margins.setdefault(result.run.dataset, set()).add(float(config.get("postprocess_confidence_margin") or 0))
+        # absent before bundle 0.9.1: no box pass
+        refines.setdefault(result.run.dataset, set()).add(str(config.get("refine_boxes") or "false"))
     parts = []
     for val, upright, prompt in sorted(settings):
         labels = (
@@ -157,6 +160,9 @@ def recorded_protocol(results: list[RunResult], root: Path) -> str:
         if any(values):  # runs of one data set may differ: each run's config.json says which it had
             listed = " / ".join(f"{v:g}" for v in sorted(values))
             parts.append(f"{dataset}: confidence margin `postprocess_confidence_margin` {listed}")
+    for dataset, values in sorted(refines.items()):
+        if values != {"false"}:  # runs of one data set may differ: each run's config.json says which it had
+            parts.append(f"{dataset}: box pass `refine_boxes` {' / '.join(sorted(values))}")
     return "Runs used: " + " | ".join(parts) + "." if parts else ""
 
 

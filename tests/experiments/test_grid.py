@@ -132,7 +132,7 @@ def test_per_seed_table_has_a_row_per_seed_and_marks_the_best_method(tmp_path):
     assert per_seed_table(partial).splitlines()[-1] == "| jsrt | 2 | 1 | **93.0** | - |"
 
 
-def test_recorded_protocol_names_labels_input_prompt_augmentation_test_time_flips_and_margin(tmp_path):
+def test_recorded_protocol_names_labels_input_prompt_augmentation_test_time_flips_margin_and_box_pass(tmp_path):
     jsrt, kvasir = Run("jsrt", 2, 0, "blo-sam"), Run("kvasir", 4, 0, "blo-sam")
     older = Run("kvasir", 8, 0, "blo-sam")  # recorded before the margin existed
     for run, flips, margin, augmentation in (
@@ -144,11 +144,13 @@ def test_recorded_protocol_names_labels_input_prompt_augmentation_test_time_flip
         config = {"val_size": 0, "upright": True, "prompt": "tokens", "tta_flips": flips, "augmentation": augmentation}
         if margin is not None:
             config["postprocess_confidence_margin"] = margin
+            config["refine_boxes"] = "pretrained" if run is kvasir else False
         (run.folder(tmp_path) / "config.json").write_text(json.dumps(config))
     sentence = recorded_protocol(collect([jsrt, kvasir, older], tmp_path), tmp_path)
     assert "exactly k labelled images (final weights); encoder input upright; prompt `tokens`" in sentence
     assert "kvasir: flip test-time augmentation `tta_flips` [[1]]" in sentence and "jsrt:" not in sentence
     assert "kvasir: confidence margin `postprocess_confidence_margin` 0 / 0.1" in sentence
+    assert "kvasir: box pass `refine_boxes` false / pretrained" in sentence and "jsrt: box" not in sentence
     # listed only where a data set's runs differ in it
     assert (
         "kvasir: training augmentation `endoscopy` / `endoscopy_zoomlarge`" in sentence and "radiograph" not in sentence
