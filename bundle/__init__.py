@@ -35,4 +35,4 @@ __all__ = [
     "preprocessing",
     "transforms",
 ]
-__version__ = "0.9.0"
+__version__ = "0.9.1"
