@@ -295,8 +295,8 @@ class FlipTTAInferer(Inferer):
 
 
 class BoxRefineInferer(Inferer):
-    """A prompt-free pass (with :class:`FlipTTAInferer`'s flips), then a second pass of the same network
-    prompted with one box per found component, whose masks replace the first pass's.
+    """A prompt-free pass (with :class:`FlipTTAInferer`'s flips), then a second pass prompted with one box per
+    found component (by the released backbone or the trained network), whose masks replace the first pass's.
 
     A decoder fine-tuned on a few images often finds only part of an object (a large polyp in two or three
     fragments, or its brightest half): its HD95 is then set by the object's far edge. SAM-family decoders
