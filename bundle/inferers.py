@@ -24,7 +24,7 @@ from torch import Tensor
 
 from bundle.errors import BundleInputError
 from bundle.networks.backbones import backbone_spec
-from bundle.networks.box_prompt import NO_OBJECT_LOGIT, component_boxes
+from bundle.networks.box_prompt import NO_OBJECT_LOGIT, box_union_logits, component_boxes
 from bundle.postprocessing import CleanMaskd, DropUnsureComponentsd
 from bundle.transforms import sam_intensity
 
@@ -382,12 +382,10 @@ class BoxRefineInferer(Inferer):
 
     def answer(self, net: Callable[..., Tensor], embedding: Tensor, boxes: list[list[float]], c: int) -> Tensor:
         """Class ``c``'s logits on the model grid for its ``boxes``: the union (maximum) over the boxes."""
+        if self.refine == "pretrained":  # the released decoder, as the zero-shot bound: SAM's single-mask token
+            return box_union_logits(getattr(self.refiner, "module", self.refiner), embedding, boxes)
         box = torch.tensor(boxes, dtype=embedding.dtype, device=embedding.device)
         repeated = embedding.unsqueeze(0).expand(len(boxes), -1, -1, -1)
-        if self.refine == "pretrained":  # the released decoder, as the zero-shot bound: SAM's single-mask token
-            refiner = getattr(self.refiner, "module", self.refiner)
-            sparse, dense = refiner.prompt_encoder(points=None, boxes=box, masks=None)
-            return refiner.decode(repeated, sparse.to(embedding.dtype), dense.to(embedding.dtype))[:, 1].amax(dim=0)
         sparse, _ = net.prompt_encoder(points=None, boxes=box, masks=None)
         dense = net.learnt_prompt(len(boxes), embedding.dtype)[1]
         per_box = net.decode(repeated, sparse.to(embedding.dtype), dense.expand(len(boxes), -1, -1, -1))

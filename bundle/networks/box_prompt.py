@@ -35,6 +35,15 @@ def component_boxes(mask: np.ndarray | Tensor, min_area: int = 16) -> list[list[
     return boxes
 
 
+def box_union_logits(network: BLOSAM, embedding: Tensor, boxes: list[list[float]]) -> Tensor:
+    """S x S logits of ``network`` prompted with each of ``boxes`` on one image ``embedding`` (256 x h x w):
+    SAM's single-mask output per box, the union (maximum) over the boxes."""
+    box = torch.tensor(boxes, dtype=embedding.dtype, device=embedding.device)
+    sparse, dense = network.prompt_encoder(points=None, boxes=box, masks=None)
+    repeated = embedding.unsqueeze(0).expand(len(boxes), -1, -1, -1)
+    return network.decode(repeated, sparse.to(embedding.dtype), dense.to(embedding.dtype))[:, 1].amax(dim=0)
+
+
 class BoxPromptedSAM(nn.Module):
     """``forward(images B x 3 x S x S, prompt_masks B x 1 x S x S) -> logits B x (C+1) x S x S``.
 
@@ -61,10 +70,6 @@ class BoxPromptedSAM(nn.Module):
                 if not boxes:
                     channels.append(embedding.new_full(images.shape[-2:], NO_OBJECT_LOGIT))
                     continue
-                box = torch.tensor(boxes, dtype=embedding.dtype, device=embedding.device)
-                sparse, dense = net.prompt_encoder(points=None, boxes=box, masks=None)
-                dense = dense.to(embedding.dtype)
-                per_box = net.decode(embedding.unsqueeze(0).expand(len(boxes), -1, -1, -1), sparse, dense)
-                channels.append(per_box[:, 1].amax(dim=0))  # SAM's single-mask token, union of boxes
+                channels.append(box_union_logits(net, embedding, boxes))
             logits.append(torch.stack(channels))
         return torch.stack(logits)
